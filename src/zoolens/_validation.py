@@ -1,0 +1,40 @@
+"""Validation at the edge, once: public array functions call `as_features` and trust the result."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .errors import InputError
+
+__all__ = ["as_features", "as_labels"]
+
+
+def as_features(x, name: str = "x", *, ndim: int = 2, min_samples: int = 1,
+                dtype=np.float64) -> np.ndarray:
+    """Return `x` as a finite NumPy array of `ndim` dimensions, or raise InputError naming `name`."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().float().numpy()
+    arr = np.asarray(x)
+    if arr.ndim != ndim:
+        raise InputError(f"{name}: expected a {ndim}D array, got {arr.ndim}D with shape {arr.shape}")
+    if arr.shape[0] < min_samples:
+        raise InputError(f"{name}: expected at least {min_samples} samples, got {arr.shape[0]}")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise InputError(f"{name}: expected numbers, got dtype {arr.dtype}")
+    arr = arr.astype(dtype, copy=False)
+    if not np.isfinite(arr).all():
+        raise InputError(f"{name}: contains NaN or infinite values")
+    return arr
+
+
+def as_labels(y, name: str = "labels", *, n: int | None = None) -> np.ndarray:
+    """Return labels as a 1D array (any hashable values), checking the length against `n`."""
+    if isinstance(y, torch.Tensor):
+        y = y.detach().cpu().numpy()
+    arr = np.asarray(y)
+    if arr.ndim != 1:
+        raise InputError(f"{name}: expected a 1D array of labels, got shape {arr.shape}")
+    if n is not None and arr.shape[0] != n:
+        raise InputError(f"{name}: has {arr.shape[0]} labels for {n} samples")
+    return arr
