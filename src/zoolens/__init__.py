@@ -1,0 +1,11 @@
+"""zoolens: look inside a zoo of pretrained vision models."""
+
+from .errors import InputError, NotFittedError, UnknownLayerError, UnknownModelError, ZoolensError
+from .extract import extract
+from .sources import open_source
+from .store import Store, open_store
+from .zoo import Model, list_models, load
+
+__version__ = "0.1.0"
+__all__ = ["load", "list_models", "Model", "extract", "open_store", "Store", "open_source", "ZoolensError", "UnknownModelError",
+           "UnknownLayerError", "InputError", "NotFittedError"]

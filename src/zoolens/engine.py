@@ -1,0 +1,195 @@
+"""One streaming pass: images -> every model (each with its own preprocessing) -> hooks that
+reduce each tapped output at once -> sinks (a store writer, statistic accumulators).
+
+Memory holds one batch of activations at a time, whatever the number of images. Images are
+decoded once, in DataLoader workers, and each model's preprocessing is applied to the decoded
+image there too."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Protocol, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .errors import InputError
+from .sources import BadImage, ImageSource
+from .taps import first_tensor, hooks, pool
+from .zoo.model import Model
+from .zoo.registry import resolve_device
+
+__all__ = ["Batch", "Sink", "Request", "RunSummary", "run", "plan_batches"]
+
+log = logging.getLogger("zoolens")
+
+# model name -> layer name -> the poolings wanted ("mean", "cls", "none")
+Request = dict[str, dict[str, set[str]]]
+
+
+@dataclass
+class Batch:
+    """What sinks receive: the images that decoded, and the tapped, reduced activations."""
+
+    indices: list[int]  # positions in the source
+    ids: list[str]
+    features: dict[str, dict[str, dict[str, torch.Tensor]]]  # model -> layer -> pool -> tensor
+    skipped: list[dict] = field(default_factory=list)  # {"index", "id", "reason"}
+    notes: list[dict] = field(default_factory=list)  # {"index", "id", "note"} e.g. converted
+
+
+class Sink(Protocol):
+    def update(self, batch: Batch) -> None: ...
+
+
+@dataclass
+class RunSummary:
+    images: int = 0  # images seen by the models
+    skipped: list[dict] = field(default_factory=list)
+    notes: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    device: str = "cpu"
+
+
+class _Decoding(Dataset):
+    """Decodes item i once and applies every model's preprocessing to it (in a worker)."""
+
+    def __init__(self, source: ImageSource, preprocess: Sequence):
+        self.source, self.preprocess = source, list(preprocess)
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, index: int):
+        try:
+            decoded = self.source.decode(index)
+            tensors = [p(decoded.image) for p in self.preprocess]
+        except BadImage as exc:
+            return index, None, str(exc), None
+        except Exception as exc:  # a preprocessing that chokes on one image: skip it, say why
+            return index, None, f"preprocessing failed: {type(exc).__name__}: {exc}", None
+        return index, tensors, None, decoded.note
+
+
+def _collate(items):
+    good = [it for it in items if it[1] is not None]
+    bad = [(it[0], it[2]) for it in items if it[1] is None]
+    notes = [(it[0], it[3]) for it in good if it[3]]
+    indices = [it[0] for it in good]
+    per_model = []
+    if good:
+        for m in range(len(good[0][1])):
+            shapes = {tuple(it[1][m].shape) for it in good}
+            if len(shapes) > 1:
+                raise InputError(f"model #{m}'s preprocessing gives images of different sizes "
+                                 f"{sorted(shapes)}; it must resize or crop to one size")
+            per_model.append(torch.stack([it[1][m] for it in good]))
+    return indices, per_model, bad, notes
+
+
+def plan_batches(indices: Iterable[int], batch_size: int, chunk_size: int) -> list[list[int]]:
+    """Batches of at most `batch_size` that never straddle a chunk boundary, so a resumed run
+    feeds the models exactly the batches an uninterrupted one does."""
+    batches: list[list[int]] = []
+    for i in indices:
+        if batches and len(batches[-1]) < batch_size and i // chunk_size == batches[-1][-1] // chunk_size \
+                and i == batches[-1][-1] + 1:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def default_workers() -> int:
+    return min(8, os.cpu_count() or 1)
+
+
+def run(models: Sequence[Model], source: ImageSource, request: Request, sinks: Sequence[Sink], *,
+        indices: Iterable[int] | None = None, batch_size: int = 32, chunk_size: int | None = None,
+        num_workers: int | None = None, device=None, amp: bool = False,
+        progress: bool = True) -> RunSummary:
+    """Stream `source` (or its `indices`) through every model, calling each sink per batch.
+
+    `request` names, per model and layer, the poolings to compute inside the hooks."""
+    names = [m.name for m in models]
+    if len(set(names)) != len(names):
+        raise InputError(f"two models share a name ({names}); give each a distinct name")
+    device = resolve_device(device) if device is not None else models[0].device
+    for m in models:
+        if m.device != device:
+            m.module.to(device)
+            m.device = device
+    indices = list(range(len(source))) if indices is None else list(indices)
+    batches = plan_batches(indices, batch_size, chunk_size or batch_size)
+    workers = default_workers() if num_workers is None else num_workers
+    loader = DataLoader(_Decoding(source, [m.preprocess for m in models]), batch_sampler=batches,
+                        num_workers=workers, collate_fn=_collate, pin_memory=device.type == "cuda",
+                        persistent_workers=False)
+    infos = {m.name: {i.name: i for i in m.layers(list(request.get(m.name, {})) or None)}
+             if request.get(m.name) else {} for m in models}
+    summary = RunSummary(device=str(device))
+    autocast = (torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda"
+                               else torch.bfloat16) if amp else contextlib.nullcontext())
+    bar = _progress(len(indices), progress)
+    start = time.perf_counter()
+    try:
+        for batch_indices, per_model, bad, notes in loader:
+            skipped = [{"index": i, "id": source.ids[i], "reason": r} for i, r in bad]
+            for s in skipped:
+                log.warning("skipped %s: %s", s["id"], s["reason"])
+            features: dict = {}
+            if batch_indices:
+                for model, x in zip(models, per_model):
+                    features[model.name] = _forward(model, x.to(device, non_blocking=True),
+                                                    request.get(model.name, {}),
+                                                    infos[model.name], autocast)
+            batch = Batch(batch_indices, [source.ids[i] for i in batch_indices], features,
+                          skipped, [{"index": i, "id": source.ids[i], "note": n} for i, n in notes])
+            for sink in sinks:
+                sink.update(batch)
+            summary.images += len(batch_indices)
+            summary.skipped += skipped
+            summary.notes += batch.notes
+            bar.update(len(batch_indices) + len(bad))
+            if skipped:
+                bar.set_postfix(skipped=len(summary.skipped))
+    finally:
+        bar.close()
+        summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _forward(model: Model, x: torch.Tensor, wanted: dict[str, set[str]], infos, autocast):
+    """One model on one batch; each tapped output is pooled inside its hook."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
+
+    def reduce(name, output):
+        t = first_tensor(output)
+        out[name] = {how: pool(t, infos[name], how) for how in wanted[name]}
+
+    with torch.inference_mode(), autocast, hooks(model.module, list(wanted), reduce):
+        model.forward(x)
+    return out
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def set_postfix(self, **kw):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="img", desc="extracting", dynamic_ncols=True)

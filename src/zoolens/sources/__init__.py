@@ -1,0 +1,57 @@
+"""Image sources: folders, lists of paths, CSVs, in-memory batches, synthetic scenes.
+
+`open_source(x)` turns whatever a user names into an `ImageSource`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import InputError
+from .base import BadImage, Decoded, ImageSource
+from .files import FileSource, csv_source, folder_source, paths_source
+from .memory import TensorSource
+from .synthetic import SyntheticScenes
+
+__all__ = ["open_source", "ImageSource", "BadImage", "Decoded", "FileSource", "TensorSource",
+           "SyntheticScenes", "folder_source", "csv_source", "paths_source"]
+
+_SYNTHETIC = {"scenes": SyntheticScenes}
+
+
+def _synthetic(text: str) -> ImageSource:
+    from ..zoo.registry import parse_spec
+
+    _, kind, options = parse_spec(text)
+    if kind not in _SYNTHETIC:
+        raise InputError(f"unknown synthetic source {kind!r}; have {', '.join(_SYNTHETIC)} "
+                         "(e.g. synthetic:scenes?n=64&size=64&seed=0)")
+    try:
+        return _SYNTHETIC[kind](**options)
+    except TypeError as exc:
+        raise InputError(f"{text}: {exc}") from None
+
+
+def open_source(images, labels=None) -> ImageSource:
+    """An ImageSource from: an ImageSource; 'synthetic:scenes?...'; a folder; a CSV of
+    path,label; a text file listing paths; a list of paths; a tensor/array batch or PIL list."""
+    if isinstance(images, ImageSource):
+        return images
+    if isinstance(images, (str, Path)):
+        text = str(images)
+        if text.startswith("synthetic:"):
+            return _synthetic(text)
+        path = Path(text).expanduser()
+        if path.is_dir():
+            return folder_source(path)
+        if path.is_file() and path.suffix.lower() == ".csv":
+            return csv_source(path)
+        if path.is_file() and path.suffix.lower() == ".txt":
+            lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+            return paths_source([p if Path(p).is_absolute() else path.parent / p for p in lines])
+        if not path.exists():
+            raise InputError(f"images {text!r}: no such file or folder")
+        raise InputError(f"images {text!r}: not a folder, a .csv of path,label, a .txt list of "
+                         "paths, or synthetic:scenes?n=..")
+    if isinstance(images, (list, tuple)) and images and isinstance(images[0], (str, Path)):
+        return paths_source(images, labels)
+    return TensorSource(images, labels)

@@ -1,0 +1,93 @@
+"""`Model`: a loaded zoo member — its module, its own preprocessing and its tappable layers."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import torch
+from PIL import Image
+
+from ..taps import TapInfo, describe_output, find_blocks, first_tensor, hooks, select_layers
+from .registry import AdapterResult
+
+__all__ = ["Model"]
+
+_DRY_RUN_BATCH = 3  # odd and small: tells a batch axis from a token axis
+
+
+class Model:
+    """A zoo member ready for extraction. Build it with `zoolens.load(spec)`.
+
+    Attributes: `spec`, `name` (used in unit ids `<name>/<layer>:<channel>`), `module`
+    (the wrapped torch module; layer names are its module paths), `preprocess`
+    (PIL RGB image -> (3, H, W) tensor), `input_size`, `device`.
+    """
+
+    def __init__(self, spec: str, adapter: AdapterResult, device: torch.device,
+                 name: str | None = None):
+        self.spec = spec
+        self.name = name or spec
+        self.adapter = adapter
+        self.device = device
+        self.module = adapter.module.to(device).eval()
+        self.preprocess = adapter.preprocess
+        self.input_size = tuple(adapter.input_size)
+
+    def __repr__(self) -> str:
+        return f"Model({self.spec!r}, input_size={self.input_size}, device={self.device})"
+
+    def forward(self, x: torch.Tensor):
+        """Run the wrapped module on a preprocessed batch (B, 3, H, W)."""
+        if self.adapter.forward is not None:
+            return self.adapter.forward(self.module, x)
+        return self.module(x)
+
+    @cached_property
+    def _layer_infos(self) -> list[TapInfo]:
+        """Every submodule's output, described from one dry run on a blank batch."""
+        outputs: dict[str, torch.Tensor] = {}
+        calls: dict[str, int] = {}
+
+        def record(name, out):
+            t = first_tensor(out)
+            if t is not None:
+                outputs[name] = t.detach()
+                calls[name] = calls.get(name, 0) + 1
+
+        names = [n for n, _ in self.module.named_modules() if n]
+        x = torch.zeros(_DRY_RUN_BATCH, 3, *self.input_size, device=self.device)
+        with torch.no_grad(), hooks(self.module, names, record):
+            self.forward(x)
+        a = self.adapter
+        return [describe_output(n, outputs[n], _DRY_RUN_BATCH, input_size=self.input_size,
+                                prefix_tokens=a.prefix_tokens, patch_grid=a.patch_grid,
+                                sequence_first=a.sequence_first, channels_last=a.channels_last,
+                                calls=calls[n])
+                for n in names if n in outputs]
+
+    def layers(self, selector: str | list[str] | None = None) -> list[TapInfo]:
+        """Tappable layers in forward order (all of them, or those a selector names)."""
+        infos = [i for i in self._layer_infos if i.poolable]
+        if selector is None:
+            return infos
+        by_name = {i.name: i for i in infos}
+        return [by_name[n] for n in self.select(selector)]
+
+    def layer(self, name: str) -> TapInfo:
+        return self.layers(name)[0]
+
+    @cached_property
+    def blocks(self) -> list[str]:
+        """The model's main blocks (the `blocks` selector), among the modules that run."""
+        ran = {i.name for i in self._layer_infos}
+        return [b for b in (self.adapter.block_names or find_blocks(self.module)) if b in ran]
+
+    def select(self, selector: str | list[str]) -> list[str]:
+        """Layer names a selector (`all`, `blocks`, names, globs, `blocks[-4:]`) stands for."""
+        return select_layers(self._layer_infos, selector, blocks=self.blocks, model_name=self.spec)
+
+    def unit_id(self, layer: str, channel: int) -> str:
+        return f"{self.name}/{layer}:{channel}"
+
+    def preprocess_image(self, image: Image.Image) -> torch.Tensor:
+        return self.preprocess(image)

@@ -1,0 +1,49 @@
+"""`timm:<arch>[.<tag>][?kwarg=value]` — any timm model, with timm's own data config."""
+
+from __future__ import annotations
+
+import difflib
+
+from ..errors import UnknownModelError
+from ._preprocess import output_size
+from .registry import AdapterResult, register_source
+
+
+def _list() -> list[str]:
+    import timm
+
+    return timm.list_models(pretrained=True)
+
+
+@register_source("timm", lister=_list)
+def timm_source(name: str, *, pretrained: bool = True, weights: str | None = None,
+                **kwargs) -> AdapterResult:
+    import timm
+    from timm.data import create_transform, resolve_data_config
+
+    arch = name.split(".", 1)[0]
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=5)
+        raise UnknownModelError(f"unknown timm model {name!r}" +
+                                (f"; did you mean {', '.join(close)}?" if close else "") +
+                                " (list them: zoolens models 'timm:*')")
+    if weights:  # timm's own loading path, pointed at a local file
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(weights))
+    model = timm.create_model(name, pretrained=pretrained or bool(weights), **kwargs)
+    args = {}
+    if "img_size" in kwargs:  # the model was built for another size than its default config
+        size = kwargs["img_size"]
+        args["input_size"] = (3, *((size, size) if isinstance(size, int) else size))
+    config = resolve_data_config(args, model=model)
+    preprocess = create_transform(**config, is_training=False)
+    patch_embed = getattr(model, "patch_embed", None)
+    grid = getattr(patch_embed, "grid_size", None)
+    return AdapterResult(
+        module=model,
+        preprocess=preprocess,
+        input_size=output_size(preprocess),
+        prefix_tokens=int(getattr(model, "num_prefix_tokens", 0)),
+        patch_grid=tuple(grid) if grid is not None else None,
+        channels_last=getattr(model, "output_fmt", "NCHW") == "NHWC",
+        meta={"data_config": {k: v for k, v in config.items()}, "weights": weights},
+    )
