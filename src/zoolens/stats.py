@@ -17,10 +17,11 @@ this loses the answer: activations with a mean of 1000 and a standard deviation 
 cross sums of 1e6 per sample, and float32 keeps only ~7 digits of them. Two measures make the float32
 path as accurate as a float64 reference to ~1e-7 in the correlation:
 
-* Centring. Each batch is centred on its own per-unit mean (rounded to float32, so the subtraction
-  is exact or nearly so) before the product; the float64 sums of the centred values and the
-  float64 offset between that centre and the accumulator's fixed `shift` (the first batch's mean)
-  then move the product to the accumulator's frame exactly (a rank-2 float64 update).
+* Centring. Each batch is centred on its own per-unit mean (a float32 value) before the product;
+  the sums of the centred values and the float64 offset between that centre and the
+  accumulator's fixed `shift` (the first batch's centre) then move the product to the
+  accumulator's frame exactly (a rank-2 float64 update). Only the rounding of each centred
+  sample (~6e-8 of the unit's spread) remains.
   Sums are kept relative to `shift`, so the final `cov = cross / n - mean_a mean_b` has no
   catastrophic cancellation either.
 * Chunking. A float32 dot product over m samples has a relative error that grows like sqrt(m)
@@ -71,9 +72,9 @@ _SAVE_KEYS = ("sum_a", "sumsq_a", "sum_b", "sumsq_b", "cross", "shift_a", "shift
 # helpers
 
 
-def _unit_major(x, name: str, work_dtype: torch.dtype, device: torch.device | None = None,
+def _as_maps(x, name: str, work_dtype: torch.dtype, device: torch.device | None = None,
                 ) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """Return `x` as a (units, samples) view-or-copy in `work_dtype`, and its non-unit shape.
+    """Return `x` as one (B, C, H, W) or (n, C) tensor in `work_dtype`, and its non-unit shape.
 
     Accepts one tensor (B, C, H, W) or (n, C), or a sequence of such tensors to concatenate along C.
     """
@@ -132,13 +133,31 @@ def _accumulator_device(device: torch.device) -> torch.device:
     return torch.device("cpu") if device.type == "mps" else device
 
 
-def _centre(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Centre (C, m) on its float32-rounded per-unit mean; return z, centre, sum z, sum z^2 (f64)."""
-    m = x.shape[1]
-    centre = (x.sum(dim=1, dtype=torch.float64) / m).to(x.dtype)
-    z = x - centre[:, None]
-    return z, centre.to(torch.float64), z.sum(dim=1, dtype=torch.float64), \
-        z.square().sum(dim=1, dtype=torch.float64)
+def _centre(x: torch.Tensor, step: int,
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Centre samples on their per-unit mean, units first.
+
+    x : (B, C, H, W) or (n, C) in the work dtype.
+    Returns z (C, m) = x - centre, centre (C,) and sums of z and z^2 over samples (all float64
+    except z). The centre is any value near the mean (its rounding does not matter: the sums of
+    z are taken after the subtraction); the sums are float32 cascade sums over `step` samples,
+    added in float64 (a float64-dtype reduction is ~40x slower on CPU).
+    """
+    n_units = x.shape[1]
+    m = x.numel() // n_units
+    dims = (0,) + tuple(range(2, x.ndim))
+    centre = x.sum(dim=dims) / m
+    z = torch.empty((n_units, x.shape[0]) + tuple(x.shape[2:]), dtype=x.dtype, device=x.device)
+    torch.sub(x.transpose(0, 1), centre.view(-1, *([1] * (x.ndim - 1))), out=z)  # one copy
+    z = z.view(n_units, m)
+    s = torch.zeros(n_units, dtype=torch.float64, device=x.device)
+    q = torch.zeros(n_units, dtype=torch.float64, device=x.device)
+    sq = torch.empty((n_units, min(step, m)), dtype=x.dtype, device=x.device)  # reused scratch
+    for i in range(0, m, step):
+        chunk = z[:, i:i + step]
+        s += chunk.sum(dim=1)
+        q += torch.mul(chunk, chunk, out=sq[:, :chunk.shape[1]]).sum(dim=1)
+    return z, centre.to(torch.float64), s, q
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,8 +278,8 @@ class CrossCorrelation:
         Tensors may live on any device; the sums stay there (float64). Returns self.
         """
         work = self._work_dtype
-        xa, other_a = _unit_major(a, "a", work)
-        xb, other_b = _unit_major(b, "b", work, device=xa.device)
+        xa, other_a = _as_maps(a, "a", work)
+        xb, other_b = _as_maps(b, "b", work, device=xa.device)
         if other_a != other_b:
             raise InputError(f"a and b must have the same batch and spatial size (resize the maps "
                              f"to a common resolution first); got a {tuple(xa.shape)} and b "
@@ -270,17 +289,15 @@ class CrossCorrelation:
             if stop > xb.shape[1]:
                 raise InputError(f"cols={self.cols} is outside b's {xb.shape[1]} units")
             xb = xb[:, start:stop]
-        # units first: (C, samples); one copy, which the centring needs anyway
-        xa = xa.transpose(0, 1).reshape(xa.shape[1], -1)
-        xb = xb.transpose(0, 1).reshape(xb.shape[1], -1)
-        m = xa.shape[1]
-        n_a, n_b = xa.shape[0], xb.shape[0]
+        n_a, n_b = xa.shape[1], xb.shape[1]
         if self._state is not None and (n_a, n_b) != (self.n_a, self.n_b):
             raise InputError(f"a and b have {n_a} and {n_b} units; this accumulator holds "
                              f"{self.n_a} and {self.n_b}")
-
-        za, ca, sa, qa = _centre(xa)
-        zb, cb, sb, qb = _centre(xb)
+        step = int(self.chunk_size)
+        # units first, (C, samples), centred: the one copy of the batch that update makes
+        za, ca, sa, qa = _centre(xa, step)
+        zb, cb, sb, qb = _centre(xb, step)
+        m = za.shape[1]
         finite = torch.isfinite(torch.stack([sa.sum(), qa.sum(), sb.sum(), qb.sum()])).all()
         if not bool(finite):
             raise InputError("a or b contains NaN or infinite values; the batch was not added")
@@ -290,7 +307,6 @@ class CrossCorrelation:
             self._allocate(n_a, n_b, ca.to(acc_dev), cb.to(acc_dev))
         st = self._state
         cross = st["cross"]
-        step = int(self.chunk_size)
         buf = torch.empty((n_a, n_b), dtype=work, device=xa.device)
         with _ieee_float32_matmul(xa.device):
             for s in range(0, m, step):

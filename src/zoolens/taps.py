@@ -282,9 +282,15 @@ class hooks:
     def __enter__(self):
         modules = dict(self.module.named_modules())
         for name in self.names:
-            self._handles.append(modules[name].register_forward_hook(
-                lambda _m, _inp, out, _n=name: self.fn(_n, out)))
+            self._handles.append(modules[name].register_forward_hook(self._hook(name)))
         return self
+
+    def _hook(self, name: str):
+        def hook(_module, _inputs, output):
+            self.fn(name, output)
+            return None  # never replace the module's output
+
+        return hook
 
     def __exit__(self, *exc):
         for h in self._handles:

@@ -1,34 +1,40 @@
-"""Unsupervised object discovery from patch features: TokenCut, CutLER's MaskCut, DINOv2's PCA colours.
+"""Unsupervised object discovery from patch features: TokenCut, MaskCut, DINOv2's PCA colours.
 
-Arrays in, arrays out: every function takes the patch features of one image `(P, D)` (or of several,
-`(B, P, D)`) laid out row-major on a `grid = (rows, cols)` patch grid, `P = rows * cols`, and returns
-boolean masks on that grid. `upsample_mask` brings a mask to image resolution.
+Arrays in, arrays out: every function takes the patch features of one image `(P, D)` (or of
+several, `(B, P, D)`) laid out row-major on a `grid = (rows, cols)` patch grid, `P = rows * cols`,
+and returns boolean masks on that grid. `upsample_mask` brings a mask to image resolution.
 
-The graph (TokenCut, Wang et al. 2022; MaskCut, Wang et al. 2023 "Cut and Learn"):
+The graph (TokenCut, Wang et al. 2022; MaskCut from CutLER, Wang et al. 2023 "Cut and Learn"):
 
 * rows L2-normalised, cosine affinity `A = F F^T`;
-* binary graph (the default of both codes): `W = 1` where `A > tau`, else `eps`. The papers write the
-  threshold loosely; both codes use the strict `A > tau` (`A = A > tau; A = np.where(A == 0, eps, A)`),
+* binary graph (the default of both codes): `W = 1` where `A > tau`, else `eps`. The papers state
+  the threshold loosely; both codes use the strict `A > tau` (`A = A > tau`, then zeros -> eps),
   and we follow the code. The strict test matters only for exact ties: with `tau = 0` it keeps the
   all-zero rows MaskCut creates at `eps` rather than at weight 0 (a node of degree 0). With
   `binary=False` (TokenCut's `--no-binary-graph`) the cosine itself is kept where `A > tau`;
 * degree `d = W 1` and the second smallest generalized eigenvector of `(D - W) x = lambda D x`,
   normalised `x^T D x = 1` as LAPACK returns it;
 * bipartition `x > mean(x)`; the foreground is the side holding the seed, the patch of largest
-  `|x|` (so the eigenvector's arbitrary sign does not matter); only the seed's 4-connected component
-  of that side is kept (TokenCut's `detect_box`; `grid` is `(rows, cols)`, the order its `dims` has).
+  `|x|` (so the eigenvector's arbitrary sign does not matter); only the seed's 4-connected
+  component of that side is kept (TokenCut's `detect_box`; `grid` is `(rows, cols)`, the order of
+  its `dims`). Exact ties (equal |x|, values at the mean) are settled by a rule that depends
+  neither on the solver's rounding nor on the sign; see `_foreground`.
 
-The eigen step. `solver="dense"` is the reference: `scipy.linalg.eigh(D - W, D)` on the full generalized
-problem, O(P^3) (about 50 ms for 784 patches on one core). `solver="lanczos"` uses the symmetric
-normalised form `M = D^-1/2 W D^-1/2`, whose top eigenvector `D^1/2 1` (eigenvalue 1) is known exactly:
-it is deflated away (`M - 2 u u^T` sends it to -1, the bottom of the spectrum) and ARPACK's Lanczos
-finds the largest remaining eigenpair `(mu, y)`; then `x = D^-1/2 y` and `lambda = 1 - mu`. Each
-product costs one pass over `W - eps`, which is stored sparse when the graph is sparse (hard, clustered
-spectra come from sparse graphs, easy ones from dense graphs). If ARPACK does not converge within its
-budget the dense solver answers instead. `solver="auto"` is Lanczos from 64 patches up, dense below.
+The eigen step. `solver="dense"` is the reference: `scipy.linalg.eigh(D - W, D)` on the full
+generalized problem, O(P^3). `solver="lanczos"` uses the symmetric normalised form
+`M = D^-1/2 W D^-1/2`, whose top eigenvector `u ~ D^1/2 1` (eigenvalue 1) is known exactly: it is
+deflated away (`M - 2 u u^T` sends it to -1, the floor of the spectrum) and ARPACK's Lanczos finds
+the largest remaining eigenpair `(mu, y)`; then `x = D^-1/2 y` and `lambda = 1 - mu`. A product
+costs one pass over `W - eps`, stored sparse when the graph is sparse (clustered, slow spectra come
+from sparse graphs). If ARPACK does not converge within a small budget, `solver="shift_invert"`
+takes over: Lanczos on `(L + 2uu^T)^-1`, `L = I - M`, through one Cholesky factorisation, which
+pulls a clustered low end of the spectrum apart; the dense solver is the last resort.
+`solver="auto"` is Lanczos from 64 patches up, dense below. Masks equal the dense solver's unless
+`lambda_2` is (numerically) a multiple eigenvalue, where no eigenvector is preferred. On one core,
+28x28 grid (benchmarks/bench_ncut.py): dense ~52 ms, Lanczos ~3.3 ms per image.
 
-The binary graph is built from a float32 Gram matrix; entries whose float32 value lies within a
-rigorous rounding bound of `tau` are recomputed in float64, so the thresholded graph is the float64 one.
+The binary graph comes from a float32 Gram matrix; the entries whose float32 value lies within a
+rigorous rounding bound of `tau` are recomputed in float64, so the graph is the float64 one.
 """
 
 from __future__ import annotations
@@ -58,18 +64,21 @@ __all__ = [
     "pca_rgb",
 ]
 
-_SOLVERS = ("auto", "dense", "lanczos")
+_SOLVERS = ("auto", "dense", "lanczos", "shift_invert")
 _AUTO_MIN_PATCHES = 64  # below this the dense solver is as fast and ARPACK's ncv gets cramped
 _SPARSE_DENSITY = 0.05  # below this fill a CSR product (and building it) beats a dense gemv
 _LANCZOS_NCV = 24
-# ARPACK restarts (about ncv products each) before handing over to the dense solver: with dense
-# products 10 restarts cost about what the dense solver does; sparse products are far cheaper.
-_LANCZOS_MAXITER_DENSE = 10
-_LANCZOS_MAXITER_SPARSE = 40
+# ARPACK restarts (about ncv products each) before handing over to shift-invert, which costs about
+# 100 dense products (a Cholesky factorisation and some 20 triangular solves).
+_LANCZOS_MAXITER_DENSE = 4
+_LANCZOS_MAXITER_SPARSE = 8
+_SHIFT_INVERT_NCV = 20
+_SHIFT_INVERT_MAXITER = 20
+_TIE_RTOL = 1e-8  # far above both solvers' rounding (<= 1e-11 relative), far below real gaps
 _LANCZOS_TOL = 1e-12
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # results
 
 
@@ -77,11 +86,11 @@ _LANCZOS_TOL = 1e-12
 class ObjectMask:
     """One discovered object on the patch grid.
 
-    mask: (rows, cols) bool. score: normalized-cut value `cut/assoc(A) + cut/assoc(rest)` of this mask
-    against every other patch on the graph it was cut from (0 = a perfectly separate object, 2 = no
-    separation). eigenvalue: the generalized eigenvalue `lambda_2` of that graph (the relaxed Ncut).
+    mask: (rows, cols) bool. score: normalized-cut value `cut/assoc(A) + cut/assoc(rest)` of the
+    mask against every other patch on the graph it was cut from (0 = a perfectly separate object,
+    2 = no separation). eigenvalue: `lambda_2` of that graph (the relaxed Ncut).
     area: number of patches. bbox: `(x0, y0, x1, y1)` in patch units, `x` along columns, ends
-    exclusive (TokenCut's box before scaling by the patch size): `mask[y0:y1, x0:x1]` holds the mask.
+    exclusive (TokenCut's box before scaling by the patch size): `mask[y0:y1, x0:x1]` holds it.
     """
 
     mask: np.ndarray
@@ -99,14 +108,21 @@ class ObjectMask:
         return cls(mask=np.asarray(d["mask"], dtype=bool), score=float(d["score"]),
                    eigenvalue=float(d["eigenvalue"]), area=int(d["area"]), bbox=tuple(d["bbox"]))
 
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, s: str) -> "ObjectMask":
+        return cls.from_dict(json.loads(s))
+
 
 @dataclass
 class MaskCutResult:
     """The objects MaskCut found in one image, in discovery order, with the settings used.
 
-    stop_reason: "n_objects" (all rounds kept a mask), "overlap" (a new cut overlapped a kept mask by
-    IoU > max_iou) or "small" (its new patches covered <= min_area of the grid). A dropped cut ends
-    the search: the features did not change, so the next round would repeat the same cut.
+    stop_reason: "n_objects" (all rounds kept a mask), "overlap" (a new cut overlapped a kept mask
+    by IoU > max_iou) or "small" (its new patches covered <= min_area of the grid). A dropped cut
+    ends the search: the features did not change, so the next round would repeat the same cut.
     """
 
     objects: list[ObjectMask]
@@ -129,7 +145,7 @@ class MaskCutResult:
         return len(self.objects)
 
     def to_json(self) -> str:
-        d = asdict(self)
+        d = {k: v for k, v in asdict(self).items() if k != "objects"}
         d["objects"] = [o.to_dict() for o in self.objects]
         d["grid"] = list(self.grid)
         return json.dumps(d)
@@ -142,7 +158,7 @@ class MaskCutResult:
         return cls(**d)
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # validation helpers
 
 
@@ -180,7 +196,7 @@ def _check_patches(features, name: str, ndim: int) -> np.ndarray:
     return x
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # graph
 
 
@@ -195,7 +211,7 @@ def _normalize_rows(x: np.ndarray, name: str | None = None) -> np.ndarray:
 
 
 def _excess_affinity(fn: np.ndarray, tau: float, eps: float, binary: bool) -> np.ndarray:
-    """Unit rows (P, D) -> C = W - eps, (P, P) float64, zero wherever the affinity fell below tau."""
+    """Unit rows (P, D) -> C = W - eps, (P, P) float64, zero where the affinity fell below tau."""
     if not binary:
         a = fn @ fn.T
         return np.where(a > tau, a - eps, 0.0)
@@ -212,7 +228,7 @@ def _excess_affinity(fn: np.ndarray, tau: float, eps: float, binary: bool) -> np
     return above * (1.0 - eps)
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # eigen step: (x, lambda) with x the second smallest generalized eigenvector, x^T D x = 1
 
 
@@ -224,14 +240,24 @@ def _fiedler_dense(c: np.ndarray, eps: float) -> tuple[np.ndarray, float]:
     return vecs[:, 0], float(vals[0])
 
 
+def _normalized_parts(c: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """-> (s = D^-1/2 1, u = D^1/2 1 / |D^1/2 1|, v0): the scaling, the trivial eigenvector of
+    M = D^-1/2 W D^-1/2, and a fixed start vector orthogonal to u (same answer on every call)."""
+    d = c.sum(axis=1) + eps * c.shape[0]
+    u = np.sqrt(d)
+    s = 1.0 / u
+    u = u / np.linalg.norm(u)
+    v0 = np.random.default_rng(0).standard_normal(c.shape[0])
+    v0 -= (u @ v0) * u
+    return s, u, v0
+
+
 def _fiedler_lanczos(c: np.ndarray, eps: float) -> tuple[np.ndarray, float]:
+    """Largest eigenpair of M - 2uu^T by ARPACK; shift-invert, then dense, if that fails."""
     p = c.shape[0]
     if p < 8:
         return _fiedler_dense(c, eps)
-    d = c.sum(axis=1) + eps * p
-    s = 1.0 / np.sqrt(d)
-    u = np.sqrt(d)
-    u /= np.linalg.norm(u)
+    s, u, v0 = _normalized_parts(c, eps)
     nz = np.flatnonzero(c) if np.count_nonzero(c) < _SPARSE_DENSITY * c.size else None
     if nz is None:
         op_c, maxiter = c, _LANCZOS_MAXITER_DENSE
@@ -247,29 +273,66 @@ def _fiedler_lanczos(c: np.ndarray, eps: float) -> tuple[np.ndarray, float]:
         z = s * v
         y = op_c @ z + eps * z.sum()  # W z with W = C + eps 11^T
         y *= s
-        y -= 2.0 * (u @ v) * u  # M - 2uu^T: the trivial eigenvalue 1 goes to -1
+        y -= 2.0 * (u @ v) * u  # M - 2uu^T: the trivial eigenvalue 1 goes to -1, the floor
         return y
 
     op = scipy.sparse.linalg.LinearOperator((p, p), matvec=matvec, dtype=np.float64)
-    v0 = np.random.default_rng(0).standard_normal(p)  # fixed start: same answer on every call
-    v0 -= (u @ v0) * u
     try:
         mu, y = scipy.sparse.linalg.eigsh(op, k=1, which="LA", v0=v0, ncv=min(_LANCZOS_NCV, p - 1),
                                           tol=_LANCZOS_TOL, maxiter=maxiter)
     except scipy.sparse.linalg.ArpackNoConvergence:
-        return _fiedler_dense(c, eps)
-    y = y[:, 0]
-    y /= np.linalg.norm(y)
+        # A clustered spectrum near lambda_2 (typically a very sparse graph): invert it apart.
+        return _fiedler_shift_invert(c, eps)
+    y = y[:, 0] / np.linalg.norm(y[:, 0])
     return s * y, float(1.0 - mu[0])
+
+
+def _fiedler_shift_invert(c: np.ndarray, eps: float) -> tuple[np.ndarray, float]:
+    """Largest eigenpair of (L + 2uu^T)^-1 on u's complement, L = I - M the normalised Laplacian.
+
+    L + 2uu^T is positive definite (u spans L's null space, the graph is connected through eps), so
+    one Cholesky factorisation (P^3/3, a fraction of a dense eigensolver) serves every product, and
+    the inverse spreads the small end of L's spectrum apart: Lanczos then needs few products.
+    """
+    p = c.shape[0]
+    if p < 8:
+        return _fiedler_dense(c, eps)
+    s, u, v0 = _normalized_parts(c, eps)
+    lap = c + eps
+    lap *= s[:, None]
+    lap *= -s[None, :]
+    lap[np.diag_indices(p)] += 1.0
+    lap += 2.0 * np.outer(u, u)
+    try:
+        factor = scipy.linalg.cho_factor(lap, lower=True, overwrite_a=True, check_finite=False)
+    except np.linalg.LinAlgError:
+        return _fiedler_dense(c, eps)
+
+    def matvec(v: np.ndarray) -> np.ndarray:
+        y = scipy.linalg.cho_solve(factor, v.reshape(-1), check_finite=False)
+        y -= (u @ y) * u  # stay on u's complement (u's eigenvalue 1/2 is below every wanted one)
+        return y
+
+    op = scipy.sparse.linalg.LinearOperator((p, p), matvec=matvec, dtype=np.float64)
+    try:
+        theta, y = scipy.sparse.linalg.eigsh(op, k=1, which="LA", v0=v0, tol=_LANCZOS_TOL,
+                                             ncv=min(_SHIFT_INVERT_NCV, p - 1),
+                                             maxiter=_SHIFT_INVERT_MAXITER)
+    except scipy.sparse.linalg.ArpackNoConvergence:
+        return _fiedler_dense(c, eps)
+    y = y[:, 0] / np.linalg.norm(y[:, 0])
+    return s * y, float(1.0 / theta[0])
 
 
 def _fiedler(c: np.ndarray, eps: float, solver: str) -> tuple[np.ndarray, float]:
     if solver == "dense" or (solver == "auto" and c.shape[0] < _AUTO_MIN_PATCHES):
         return _fiedler_dense(c, eps)
+    if solver == "shift_invert":
+        return _fiedler_shift_invert(c, eps)
     return _fiedler_lanczos(c, eps)
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # partition
 
 
@@ -282,21 +345,29 @@ def _seed_component(side: np.ndarray, seed: int, grid: tuple[int, int]) -> np.nd
 def _foreground(x: np.ndarray, grid: tuple[int, int], corner_flip: bool) -> tuple[np.ndarray, int]:
     """Eigenvector (P,) -> (foreground component (P,) bool, seed index), whatever the sign of x.
 
-    The seed is the patch farthest from the mean on the foreground side: with no flip that is the
-    largest |x| (TokenCut); after MaskCut's corner flip it is the other side's extreme (MaskCut's
-    `argmax(-eigvec)`), i.e. the same rule applied to -x.
+    TokenCut: split at the mean, the seed is the largest |x|, the foreground its side. After
+    MaskCut's corner flip the foreground is the other side and the seed its extreme (MaskCut's
+    `argmax(-eigvec)`). Exact ties are settled the same way whichever solver (and sign) produced x:
+    values within `_TIE_RTOL` of the largest count as tied and the lowest index wins, and values
+    within `_TIE_RTOL` of the mean go with the side away from the seed. Ties arise from symmetric
+    structure (duplicate patches, isolated patches of a sparse graph); elsewhere this is TokenCut.
     """
     dev = x - x.mean()
-    above = dev > 0
-    seed = int(np.argmax(np.abs(x)))
-    fg = above if above[seed] else ~above
+    tol = _TIE_RTOL * float(np.abs(x).max())
+    seed = _first_max(np.abs(x), tol)
+    fg = dev * np.sign(dev[seed]) > tol
     if corner_flip:
         rows, cols = grid
         corners = fg[[0, cols - 1, (rows - 1) * cols, rows * cols - 1]]
         if int(corners.sum()) >= 3:  # object-centric prior: the background holds the corners
             fg = ~fg
-            seed = int(np.argmax(np.where(fg, np.abs(dev), -np.inf)))
+            seed = _first_max(np.where(fg, np.abs(dev), -np.inf), tol)
     return _seed_component(fg, seed, grid), seed
+
+
+def _first_max(values: np.ndarray, tol: float) -> int:
+    """Lowest index whose value is within tol of the maximum."""
+    return int(np.flatnonzero(values >= values.max() - tol)[0])
 
 
 def _ncut_value(c: np.ndarray, eps: float, inside: np.ndarray) -> float:
@@ -312,7 +383,7 @@ def _ncut_value(c: np.ndarray, eps: float, inside: np.ndarray) -> float:
     return cut / assoc_in + cut / float(deg[~inside].sum())
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # public API
 
 
@@ -366,8 +437,8 @@ def maskcut(features, grid: tuple[int, int] | None = None, n_objects: int = 3, t
 
     Returns a MaskCutResult; `.masks` is the list of (rows, cols) bool masks.
     Unlike CutLER's script we check the IoU against every kept mask, not only the last one, and stop
-    at the first dropped cut: the script swaps in an empty mask and goes on, so its next round repeats
-    the same cut, compares it with that empty mask, and keeps it.
+    at the first dropped cut: the script swaps in an empty mask and goes on, so its next round
+    repeats the same cut, compares it with that empty mask, and keeps it.
     """
     _check_options(tau, eps, solver)
     if int(n_objects) < 1:
@@ -463,7 +534,7 @@ def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 def _top_components(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(n, D) -> (projections (n, k), variances (k,)) of the centred data, signs fixed so that each
-    component's largest-|loading| entry is positive (as sklearn's svd_flip), for reproducible colours.
+    component's largest-|loading| entry is positive (as sklearn's svd_flip): reproducible colours.
     """
     xc = x - x.mean(axis=0)
     cov = xc.T @ xc / max(len(x) - 1, 1)
@@ -483,13 +554,14 @@ def pca_rgb(patch_features, grid: tuple[int, int] | None = None, *,
             threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """DINOv2's PCA figure: foreground by the first principal component, colours by three more.
 
-    patch_features: (N, P, D), the patches of N images; PCA is fitted jointly over all N * P patches.
-    grid: (rows, cols) or None for square. The first component is oriented so that its positive side
-    (above the mean) is the minority of patches, taken as the foreground (objects cover less of a
-    photo than the background does). threshold None splits at the mean (0 of the centred projection,
-    TokenCut's split); a float in [0, 1] is applied instead to that oriented component min-max scaled
-    over all patches (as in the DINOv2 notebooks). A second PCA over the foreground patches only gives
-    three components, each min-max scaled over them to [0, 1]: the RGB colours; background is black.
+    patch_features: (N, P, D), the patches of N images; PCA is fitted jointly over all N * P
+    patches. grid: (rows, cols) or None for square. The first component is oriented so that its
+    positive side (above the mean) is the minority of patches, taken as the foreground (objects
+    cover less of a photo than the background does; on an exact tie, the side holding the largest
+    |projection|). threshold None splits at the mean (0 of the centred projection, TokenCut's
+    split); a float in [0, 1] is applied instead to that oriented component min-max scaled over all
+    patches (as in the DINOv2 notebooks). A second PCA over the foreground patches only gives three
+    components, each min-max scaled over them to [0, 1]: the RGB colours; background is black.
 
     Returns (rgb (N, rows, cols, 3) float64 in [0, 1], foreground (N, rows, cols) bool).
     """
@@ -503,10 +575,12 @@ def pca_rgb(patch_features, grid: tuple[int, int] | None = None, *,
     proj, var = _top_components(flat, 1)
     first = proj[:, 0]
     if var[0] <= 0.0 or np.ptp(first) == 0.0:
-        warnings.warn("patch_features: all patches are equal; no foreground, all black", stacklevel=2)
+        warnings.warn("patch_features: all patches are equal; no foreground, all black",
+                      stacklevel=2)
         return rgb.reshape(n, *grid, 3), np.zeros((n, *grid), dtype=bool)
-    if np.count_nonzero(first > 0) > np.count_nonzero(first < 0):
-        first = -first
+    n_pos, n_neg = np.count_nonzero(first > 0), np.count_nonzero(first < 0)
+    if n_pos > n_neg or (n_pos == n_neg and first[np.argmax(np.abs(first))] < 0):
+        first = -first  # the minority side, on a tie the side of the extreme patch: sign-free
     if threshold is None:
         fg = first > 0
     else:

@@ -168,29 +168,36 @@ class LayerCKA:
         self.cross_ = z(da, db)
         return self
 
+    def _label(self, side: int, i: int) -> str:
+        """How errors and warnings name layer i of side 0 (A) or 1 (B)."""
+        return f"{('feats_a', 'feats_b')[side]}[{i}]"
+
     @staticmethod
     def _slices(dims):
         ends = np.cumsum(dims)
         return [slice(int(e - d), int(e)) for d, e in zip(dims, ends)]
 
-    def _stack(self, feats, dims, name) -> torch.Tensor:
+    def _stack(self, feats, side: int) -> torch.Tensor:
+        dims, name = (self.dims_a, self.dims_b)[side], ("feats_a", "feats_b")[side]
         if isinstance(feats, (np.ndarray, torch.Tensor)) or len(feats) != len(dims):
             got = "an array" if isinstance(feats, (np.ndarray, torch.Tensor)) else f"{len(feats)}"
             raise InputError(f"{name}: expected a list of {len(dims)} arrays, got {got}")
-        ts = [_as_tensor64(f, f"{name}[{i}]", self._dev) for i, f in enumerate(feats)]
+        ts = [_as_tensor64(f, self._label(side, i), self._dev) for i, f in enumerate(feats)]
         for i, (t, d) in enumerate(zip(ts, dims)):
             if t.shape[1] != d:
-                raise InputError(f"{name}[{i}]: expected {d} features, got shape {tuple(t.shape)}")
+                raise InputError(f"{self._label(side, i)}: expected {d} features, got shape "
+                                 f"{tuple(t.shape)}")
             if t.shape[0] != ts[0].shape[0]:
-                raise InputError(f"{name}[{i}]: has {t.shape[0]} rows, {name}[0] has {ts[0].shape[0]}")
+                raise InputError(f"{self._label(side, i)}: has {t.shape[0]} rows, "
+                                 f"{self._label(side, 0)} has {ts[0].shape[0]}")
         return torch.cat(ts, dim=1)
 
     # -- accumulate
     def update(self, feats_a: Sequence, feats_b: Sequence) -> "LayerCKA":
         """Add a batch: `feats_a[i]` is (batch, dims_a[i]), `feats_b[j]` is (batch, dims_b[j])."""
-        xa = self._stack(feats_a, self.dims_a, "feats_a")
-        xb = self._stack(feats_b, self.dims_b, "feats_b")
-        _check_same_n(xa, xb, ("feats_a", "feats_b"))
+        xa = self._stack(feats_a, 0)
+        xb = self._stack(feats_b, 1)
+        _check_same_n(xa, xb, (self._label(0, 0), self._label(1, 0)))
         if xa.shape[0] == 0:
             return self
         if self.n_ == 0:
@@ -260,7 +267,7 @@ class LayerCKA:
         const_a = [i for i in range(len(self.dims_a)) if norm_a[i] == 0]
         const_b = [j for j in range(len(self.dims_b)) if norm_b[j] == 0]
         if const_a or const_b:
-            what = ", ".join([f"feats_a[{i}]" for i in const_a] + [f"feats_b[{j}]" for j in const_b])
+            what = ", ".join([self._label(0, i) for i in const_a] + [self._label(1, j) for j in const_b])
             _warn_constant(what if len(const_a) + len(const_b) == 1 else f"each of {what}")
         return out.cpu().numpy()
 
@@ -285,7 +292,9 @@ class LayerCKA:
             raise InputError(f"load_state_dict: state has dims_a={np.asarray(state['dims_a']).tolist()}, "
                              f"dims_b={np.asarray(state['dims_b']).tolist()}; this accumulator has "
                              f"dims_a={self.dims_a}, dims_b={self.dims_b}")
-        t = lambda k: torch.as_tensor(np.asarray(state[k]), dtype=torch.float64).to(self._dev).clone()  # noqa: E731
+        def t(key):
+            return torch.as_tensor(np.array(state[key], dtype=np.float64), device=self._dev)
+
         self.n_ = int(np.asarray(state["n"]))
         self.ref_a_, self.ref_b_ = t("ref_a"), t("ref_b")
         self.sum_a_, self.sum_b_ = t("sum_a"), t("sum_b")
@@ -314,6 +323,9 @@ class CKAAccumulator(LayerCKA):
     def __init__(self, d1: int, d2: int, *, device=None):
         self.d1, self.d2 = int(d1), int(d2)
         super().__init__([self.d1], [self.d2], device=device)
+
+    def _label(self, side: int, i: int) -> str:
+        return ("x", "y")[side]
 
     def update(self, x, y) -> "CKAAccumulator":
         """Add a batch: x (batch, d1), y (batch, d2), NumPy or torch."""
@@ -363,12 +375,17 @@ class LayerMinibatchCKA:
         self.hsic_bb_ = z(self.n_layers_b)
         return self
 
-    def _grams(self, feats, count, name):
+    def _label(self, side: int, i: int) -> str:
+        """How errors and warnings name layer i of side 0 (A) or 1 (B)."""
+        return f"{('feats_a', 'feats_b')[side]}[{i}]"
+
+    def _grams(self, feats, side: int):
+        count, name = (self.n_layers_a, self.n_layers_b)[side], ("feats_a", "feats_b")[side]
         if isinstance(feats, (np.ndarray, torch.Tensor)) or len(feats) != count:
             raise InputError(f"{name}: expected a list of {count} arrays")
         grams = []
         for i, f in enumerate(feats):
-            x = _as_tensor64(f, f"{name}[{i}]", self._dev, flatten=True)
+            x = _as_tensor64(f, self._label(side, i), self._dev, flatten=True)
             # The estimator is invariant to a shift of x; centring only improves rounding, and
             # subtracting a sample first makes a constant layer exactly zero.
             x = x - x[:1]
@@ -383,11 +400,12 @@ class LayerMinibatchCKA:
 
     def update(self, feats_a: Sequence, feats_b: Sequence) -> "LayerMinibatchCKA":
         """Add one minibatch: `feats_a[i]` (n, ...) and `feats_b[j]` (n, ...), n >= 4, flattened."""
-        ka = self._grams(feats_a, self.n_layers_a, "feats_a")
-        kb = self._grams(feats_b, self.n_layers_b, "feats_b")
+        ka = self._grams(feats_a, 0)
+        kb = self._grams(feats_b, 1)
         n = ka.shape[1]
         if kb.shape[1] != n:
-            raise InputError(f"feats_a and feats_b must hold the same samples: got {n} and {kb.shape[1]} rows")
+            raise InputError(f"{self._label(0, 0)} and {self._label(1, 0)} must hold the same "
+                             f"samples: got {n} and {kb.shape[1]} rows")
         if n < 4:
             raise InputError(f"minibatch of {n} samples: the unbiased HSIC estimator needs at least 4")
         fa, fb = ka.reshape(ka.shape[0], -1), kb.reshape(kb.shape[0], -1)
@@ -423,8 +441,8 @@ class LayerMinibatchCKA:
         den2 = torch.outer(aa, bb)
         ok = (aa[:, None] > 0) & (bb[None, :] > 0)
         out = torch.where(ok, self.hsic_ab_ / torch.sqrt(torch.where(ok, den2, 1.0)), 0.0)
-        bad = [f"feats_a[{i}]" for i in range(len(aa)) if not aa[i] > 0] + \
-              [f"feats_b[{j}]" for j in range(len(bb)) if not bb[j] > 0]
+        bad = [self._label(0, i) for i in range(len(aa)) if not aa[i] > 0] + \
+              [self._label(1, j) for j in range(len(bb)) if not bb[j] > 0]
         if bad:
             warnings.warn(f"unbiased HSIC of {', '.join(bad)} is not positive (constant features?); "
                           "its CKA is set to 0.0", RuntimeWarning, stacklevel=2)
@@ -447,7 +465,9 @@ class LayerMinibatchCKA:
         if layers != [self.n_layers_a, self.n_layers_b]:
             raise InputError(f"load_state_dict: state has {layers[0]} x {layers[1]} layers, this "
                              f"accumulator {self.n_layers_a} x {self.n_layers_b}")
-        t = lambda k: torch.as_tensor(np.asarray(state[k]), dtype=torch.float64).to(self._dev).clone()  # noqa: E731
+        def t(key):
+            return torch.as_tensor(np.array(state[key], dtype=np.float64), device=self._dev)
+
         self.n_batches_ = int(np.asarray(state["n_batches"]))
         self.n_samples_ = int(np.asarray(state["n_samples"]))
         self.hsic_ab_, self.hsic_aa_, self.hsic_bb_ = t("hsic_ab"), t("hsic_aa"), t("hsic_bb")
@@ -464,6 +484,9 @@ class MinibatchCKA(LayerMinibatchCKA):
 
     def __init__(self, *, device=None):
         super().__init__(1, 1, device=device)
+
+    def _label(self, side: int, i: int) -> str:
+        return ("x", "y")[side]
 
     def update(self, x, y) -> "MinibatchCKA":
         """Add a minibatch: x (n, ...), y (n, ...), n >= 4."""
@@ -501,21 +524,16 @@ def unbiased_cka(x, y, *, batch_size: int | None = None, device=None) -> float:
         n_batches = 1
     else:
         if int(batch_size) < 4:
-            raise InputError(f"batch_size: the unbiased HSIC estimator needs at least 4, got {batch_size}")
+            raise InputError(f"batch_size: the unbiased HSIC estimator needs at least 4, "
+                             f"got {batch_size}")
         n_batches = max(1, n // int(batch_size))
     if n < 4:
         raise InputError(f"x: the unbiased HSIC estimator needs at least 4 samples, got {n}")
     acc = MinibatchCKA(device=device)
     bounds = np.linspace(0, n, n_batches + 1).round().astype(int)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for s, e in zip(bounds[:-1], bounds[1:]):
-            acc.update(x[s:e], y[s:e])
-        out = acc.result()
-    for w in caught:  # re-issue with x / y names instead of feats_a[0] / feats_b[0]
-        msg = str(w.message).replace("feats_a[0]", "x").replace("feats_b[0]", "y")
-        warnings.warn(msg, w.category, stacklevel=2)
-    return out
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        acc.update(x[s:e], y[s:e])
+    return acc.result()
 
 
 # ----------------------------------------------------------------------------- mutual k-NN

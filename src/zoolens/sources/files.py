@@ -21,7 +21,8 @@ class FileSource(ImageSource):
                  description: str = ""):
         self.paths = [Path(p) for p in paths]
         self.root = root
-        ids = [str(p.relative_to(root)) if root else str(p) for p in self.paths]
+        ids = [str(p.relative_to(root)) if root and p.is_relative_to(root) else str(p)
+               for p in self.paths]
         super().__init__(ids=ids, labels=labels, skipped_at_listing=skipped or [],
                          description=description)
 

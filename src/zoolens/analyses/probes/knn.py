@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..._validation import as_features, as_labels
 from ...errors import InputError, NotFittedError
@@ -132,7 +131,8 @@ def _normalize(x: np.ndarray, name: str, device: torch.device, stacklevel: int =
     return t / norms.clamp_min(torch.finfo(t.dtype).tiny).unsqueeze(1)
 
 
-def _encode_labels(train_labels: np.ndarray, num_classes: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _encode_labels(train_labels: np.ndarray,
+                   num_classes: int | None) -> tuple[np.ndarray, np.ndarray]:
     """(classes, codes): column value of each class and each train label's column index."""
     if num_classes is None:
         try:
@@ -274,7 +274,10 @@ def knn_scores(train, train_labels, test, k: int | Sequence[int] = 20, temperatu
                                     temperature, chunk, dev):
         for kk, v in votes.items():
             out[kk][start:start + v.shape[0]] = v.cpu().numpy()
-    res = {kk: out[eff[kk]] for kk in ks}
+    res, used = {}, set()
+    for kk in ks:  # two requested k capped to the same value get separate arrays
+        res[kk] = out[eff[kk]].copy() if eff[kk] in used else out[eff[kk]]
+        used.add(eff[kk])
     return res[ks[0]] if isinstance(k, (int, np.integer)) else res
 
 
@@ -331,9 +334,9 @@ class KNNResult:
         return cls(**d)
 
 
-def evaluate_knn(train, train_labels, test, test_labels, k: int | Sequence[int] = (10, 20, 100, 200),
-                 temperature: float = 0.07, *, chunk_size: int | None = None,
-                 device=None) -> KNNResult:
+def evaluate_knn(train, train_labels, test, test_labels,
+                 k: int | Sequence[int] = (10, 20, 100, 200), temperature: float = 0.07, *,
+                 chunk_size: int | None = None, device=None) -> KNNResult:
     """Top-1 and top-5 accuracy of the DINO k-NN rule for each k (one search for all k).
 
     Test labels absent from the training labels count as errors.
@@ -346,7 +349,7 @@ def evaluate_knn(train, train_labels, test, test_labels, k: int | Sequence[int] 
     top1 = {kk: top_k_accuracy(s, y, 1, classes=classes) for kk, s in scores.items()}
     top5 = {kk: top_k_accuracy(s, y, 5, classes=classes) for kk, s in scores.items()}
     return KNNResult(top1=top1, top5=top5, k=[int(kk) for kk in ks], temperature=float(temperature),
-                     n_train=len(np.asarray(train_labels)), n_test=len(y),
+                     n_train=len(as_labels(train_labels, "train_labels")), n_test=len(y),
                      num_classes=len(classes))
 
 
@@ -411,7 +414,8 @@ class KNNProbe:
 
     def predict(self, test) -> np.ndarray:
         """(m,) predicted labels (values of the training labels)."""
-        return self.classes_[np.argmax(self.predict_scores(test), axis=1)]
+        scores = self.predict_scores(test)
+        return self.classes_[np.argmax(scores, axis=1)]
 
     def score(self, test, labels, top_k: int = 1) -> float:
         """Top-`top_k` accuracy on (m, d) `test` with (m,) true `labels`."""

@@ -35,7 +35,8 @@ from ..._validation import as_features, as_labels
 from ...errors import InputError, NotFittedError
 from .knn import top_k_accuracy  # the shared metric lives in knn.py
 
-__all__ = ["LinearProbe", "LinearProbeResult", "DINOV2_LEARNING_RATES", "top_k_accuracy"]
+__all__ = ["LinearProbe", "LogisticProbe", "LinearProbeResult", "DINOV2_LEARNING_RATES",
+           "top_k_accuracy"]
 
 #: DINOv2's learning-rate grid for a batch size of 256 (`dinov2/eval/linear.py`).
 DINOV2_LEARNING_RATES: tuple[float, ...] = (
@@ -71,7 +72,8 @@ class LinearProbeResult:
         return cls(**json.loads(s))
 
 
-def _stratified_split(codes: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _stratified_split(codes: np.ndarray, fraction: float,
+                      seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(fit rows, val rows), sorted. Each class gives about `fraction` of its rows to val
     (largest-remainder rounding so the total is round(fraction * n)) and keeps at least one."""
     rng = np.random.default_rng(seed)
@@ -218,9 +220,10 @@ class LinearProbe:
         # Standardise with training-row statistics only (float64 sums), cache on device.
         stats, cached = {}, {}
         for name, x in feats.items():
-            mean, scale = self._column_stats(x[fit_rows], name)
+            mean, scale = self._column_stats(x, name, fit_rows)
             stats[name] = (mean, scale)
-            cached[name] = torch.from_numpy(((x - mean) / scale).astype(np.float32)).to(dev)
+            z = (x - mean.astype(np.float32)) / scale.astype(np.float32)  # float32 temporaries
+            cached[name] = torch.from_numpy(z).to(dev)
 
         # One (d, L * C) weight matrix per feature choice: all learning rates in one matmul.
         weights, biases, w_buf, b_buf = {}, {}, {}, {}
@@ -288,13 +291,24 @@ class LinearProbe:
             num_classes=n_cls, n_steps=step)
         return self
 
-    def _column_stats(self, x: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    def _column_stats(self, x: np.ndarray, name: str,
+                      rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, scale) of the columns of x[rows] (all rows if None), float64, accumulated over
+        row blocks so no float64 copy of x is made; constant columns get scale 1."""
         d = x.shape[1]
         if not self.standardize:
             return np.zeros(d, dtype=np.float64), np.ones(d, dtype=np.float64)
-        mean = x.mean(0, dtype=np.float64)
-        std = x.std(0, dtype=np.float64)
-        const = std == 0
+        rows = np.arange(x.shape[0]) if rows is None else rows
+        blocks = [rows[i:i + _EVAL_ROWS] for i in range(0, len(rows), _EVAL_ROWS)]
+        total = np.zeros(d, dtype=np.float64)
+        for b in blocks:
+            total += x[b].sum(0, dtype=np.float64)
+        mean = total / len(rows)
+        sq = np.zeros(d, dtype=np.float64)
+        for b in blocks:  # two passes: centred squares do not cancel catastrophically
+            sq += ((x[b] - mean) ** 2).sum(0)
+        std = np.sqrt(sq / len(rows))
+        const = std <= 1e-12 * np.maximum(np.abs(mean), 1.0)
         if const.any():
             warnings.warn(f"features[{name!r}]: {int(const.sum())} constant column(s) carry no "
                           f"information; they are set to 0", stacklevel=3)
@@ -356,10 +370,103 @@ class LinearProbe:
 
     def predict(self, features) -> np.ndarray:
         """(m,) predicted labels (values of the training labels)."""
-        return self.classes_[np.argmax(self.predict_scores(features), axis=1)]
+        scores = self.predict_scores(features)
+        return self.classes_[np.argmax(scores, axis=1)]
 
     def score(self, features, labels, top_k: int = 1) -> float:
         """Top-`top_k` accuracy of the chosen head; labels absent from training count as wrong."""
+        s = self.predict_scores(features)
+        return top_k_accuracy(s, as_labels(labels, "labels", n=s.shape[0]), top_k,
+                              classes=self.classes_)
+
+
+class LogisticProbe:
+    """CLIP_benchmark-style alternative: L2-regularised multinomial logistic regression
+    (scikit-learn, L-BFGS) on standardised features, the weight decay picked on a stratified,
+    seeded validation split of the training rows, then refit on all training rows with it
+    (as CLIP_benchmark's weight-decay search does).
+
+    The penalty is ``weight_decay / 2 * ||W||^2`` added to the mean cross-entropy, i.e.
+    scikit-learn's ``C = 1 / (weight_decay * n_rows)``.
+
+    Fitted attributes: `classes_`, `best_` ({"weight_decay", "val_top1"}), `grid_results_`,
+    `val_indices_`, `model_` (the refit scikit-learn estimator).
+    """
+
+    def __init__(self, weight_decays: Sequence[float] | None = None, val_fraction: float = 0.2,
+                 seed: int = 0, max_iter: int = 1000, standardize: bool = True):
+        self.weight_decays = weight_decays
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.max_iter = max_iter
+        self.standardize = standardize
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {name: getattr(self, name) for name in (
+            "weight_decays", "val_fraction", "seed", "max_iter", "standardize")}
+
+    def _model(self, weight_decay: float, n_rows: int):
+        from sklearn.linear_model import LogisticRegression  # heavy import, only when used
+        return LogisticRegression(C=1.0 / (weight_decay * n_rows), max_iter=self.max_iter,
+                                  tol=1e-6)
+
+    def _scale(self, x: np.ndarray) -> np.ndarray:
+        return (x - self._mean) / self._std
+
+    def fit(self, features, labels) -> "LogisticProbe":
+        """Fit on (n, d) `features` with (n,) `labels`; returns self."""
+        x = as_features(features, "features")
+        y = as_labels(labels, "labels", n=x.shape[0])
+        if not 0 < self.val_fraction < 1:
+            raise InputError(f"val_fraction: expected a number in (0, 1), got {self.val_fraction}")
+        wds = (np.logspace(-6, -1, 11) if self.weight_decays is None
+               else [float(v) for v in self.weight_decays])
+        if not len(wds) or any(not (v > 0 and math.isfinite(v)) for v in wds):
+            raise InputError(f"weight_decays: expected positive numbers, got {self.weight_decays}")
+        try:
+            classes, codes = np.unique(y, return_inverse=True)
+        except TypeError as err:
+            raise InputError(f"labels: values cannot be sorted ({err})") from None
+        codes = codes.reshape(-1)
+        if len(classes) < 2:
+            raise InputError(f"labels: need at least 2 classes, got {len(classes)}")
+        fit_rows, val_rows = _stratified_split(codes, self.val_fraction, self.seed)
+        if len(val_rows) == 0:
+            raise InputError(f"labels: {len(y)} samples are too few to hold out a validation "
+                             f"split of {self.val_fraction}")
+        # Statistics from the fitting rows only for the search; from all rows for the refit.
+        self._mean, self._std = LinearProbe(standardize=self.standardize)._column_stats(
+            x, "features", fit_rows)
+        grid = []
+        for wd in wds:
+            model = self._model(wd, len(fit_rows)).fit(self._scale(x[fit_rows]), codes[fit_rows])
+            acc = float(np.mean(model.predict(self._scale(x[val_rows])) == codes[val_rows]))
+            grid.append({"weight_decay": float(wd), "val_top1": acc})
+        best = max(grid, key=lambda g: g["val_top1"])  # first on ties: the smallest decay
+        self._mean, self._std = LinearProbe(standardize=self.standardize)._column_stats(
+            x, "features")
+        self.model_ = self._model(best["weight_decay"], len(x)).fit(self._scale(x), codes)
+        self.classes_, self.best_, self.grid_results_ = classes, dict(best), grid
+        self.val_indices_ = val_rows
+        return self
+
+    def predict_scores(self, features) -> np.ndarray:
+        """(m, C) float64 logits; column j is class `classes_[j]`."""
+        if not hasattr(self, "model_"):
+            raise NotFittedError("this LogisticProbe is not fitted yet; call fit(features, labels)")
+        x = as_features(features, "features", min_samples=0)
+        if x.shape[1] != len(self._mean):
+            raise InputError(f"features: has {x.shape[1]} columns, fit saw {len(self._mean)}")
+        s = self.model_.decision_function(self._scale(x))
+        return np.stack([-s, s], 1) / 2 if s.ndim == 1 else s  # binary: one column -> two
+
+    def predict(self, features) -> np.ndarray:
+        """(m,) predicted labels."""
+        scores = self.predict_scores(features)
+        return self.classes_[np.argmax(scores, axis=1)]
+
+    def score(self, features, labels, top_k: int = 1) -> float:
+        """Top-`top_k` accuracy."""
         s = self.predict_scores(features)
         return top_k_accuracy(s, as_labels(labels, "labels", n=s.shape[0]), top_k,
                               classes=self.classes_)

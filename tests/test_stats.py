@@ -1,0 +1,254 @@
+"""Streaming correlation accumulators against a float64 NumPy Pearson on materialised activations."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zoolens.errors import InputError, NotFittedError
+from zoolens.stats import CrossCorrelation, TopKPartners, plan_column_blocks
+
+
+def _maps(n=12, offset=0.0, seed=0):
+    """Two 'models': A (n, 5, 8, 8) and B (n, 7, 4, 4) upsampled to 8x8, with shared signal."""
+    g = torch.Generator().manual_seed(seed)
+    latent = F.interpolate(torch.randn(n, 3, 2, 2, generator=g), size=(8, 8), mode="bilinear",
+                           align_corners=False)  # smooth, so it survives B's coarser grid
+    a = torch.randn(n, 5, 8, 8, generator=g)
+    a[:, :3] += 2 * latent
+    b = torch.randn(n, 7, 4, 4, generator=g)
+    b[:, 4:] += 2 * F.avg_pool2d(latent, 2)
+    b = F.interpolate(b, size=(8, 8), mode="bilinear", align_corners=False)
+    a = (a + offset * torch.arange(1, 6).view(1, 5, 1, 1)).float()
+    b = (b + offset).float()
+    return a, b
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """Float64 reference on the materialised samples: (B*H*W, C) per group."""
+    x = a.permute(0, 2, 3, 1).reshape(-1, a.shape[1]).double().numpy()
+    y = b.permute(0, 2, 3, 1).reshape(-1, b.shape[1]).double().numpy()
+    x = x - x.mean(0)
+    y = y - y.mean(0)
+    return (x.T @ y) / np.outer(np.sqrt((x * x).sum(0)), np.sqrt((y * y).sum(0)))
+
+
+def _fill(a, b, batch, **kw):
+    acc = CrossCorrelation(**kw)
+    for s in range(0, a.shape[0], batch):
+        acc.update(a[s:s + batch], b[s:s + batch])
+    return acc
+
+
+@pytest.mark.parametrize("offset", [0.0, 1000.0])
+@pytest.mark.parametrize("batch", [1, 3, 12])
+def test_matches_float64_pearson_any_batch_size(batch, offset):
+    a, b = _maps(offset=offset)
+    ref = _pearson(a, b)
+    assert np.abs(ref).max() > 0.5  # the planted signal is there
+    acc = _fill(a, b, batch)
+    assert acc.n == 12 * 64
+    np.testing.assert_allclose(acc.correlation(), ref, rtol=0, atol=1e-6)
+    # float32 centring rounds each sample by ~6e-8 of its spread: means/stds agree to ~1e-8
+    np.testing.assert_allclose(acc.mean_a, a.double().mean((0, 2, 3)).numpy(), rtol=0, atol=1e-7)
+    np.testing.assert_allclose(acc.std_b, b.double().permute(1, 0, 2, 3).reshape(7, -1)
+                               .std(1, unbiased=False).numpy(), rtol=1e-7)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1000.0])
+def test_random_split_into_three_merged_accumulators(offset):
+    a, b = _maps(n=20, offset=offset, seed=1)
+    ref = _pearson(a, b)
+    rng = np.random.default_rng(0)
+    owner = rng.integers(0, 3, size=20)
+    owner[:3] = [0, 1, 2]  # every part non-empty
+    parts = []
+    for p in range(3):
+        idx = np.flatnonzero(owner == p)
+        acc = CrossCorrelation()
+        for s in range(0, len(idx), 2):  # each part has its own shift (its first batch's mean)
+            acc.update(a[idx[s:s + 2]], b[idx[s:s + 2]])
+        parts.append(acc)
+    assert not np.allclose(parts[0].state_dict()["shift_a"], parts[1].state_dict()["shift_a"])
+    merged = CrossCorrelation().merge(parts[0]).merge(parts[1]).merge(parts[2])
+    assert merged.n == 20 * 64
+    np.testing.assert_allclose(merged.correlation(), ref, rtol=0, atol=1e-6)
+
+
+def test_large_batch_with_offset_stays_within_1e6():
+    # 131 072 samples in one batch, units correlated at 0.999 around levels of 1000 and -500:
+    # one float32 product over all samples is off by 1.4e-6 even centred (measured); in chunks
+    # of 4096 by 5e-8.
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(128, 1, 32, 32, generator=g)
+    a = (base + 0.03 * torch.randn(128, 3, 32, 32, generator=g) + 1000).float()
+    b = (base + 0.03 * torch.randn(128, 2, 32, 32, generator=g) - 500).float()
+    ref = _pearson(a, b)
+    assert ref.min() > 0.998
+    np.testing.assert_allclose(CrossCorrelation().update(a, b).correlation(), ref, rtol=0,
+                               atol=1e-6)
+
+
+def test_float64_product_and_tiny_chunks_and_lists_agree():
+    a, b = _maps(offset=10.0)
+    ref = _pearson(a, b)
+    np.testing.assert_allclose(_fill(a, b, 5, matmul_dtype="float64").correlation(), ref, atol=1e-9)
+    np.testing.assert_allclose(_fill(a, b, 5, chunk_size=7).correlation(), ref, atol=1e-6)
+    # a list of layers is concatenated along units
+    acc = CrossCorrelation().update([a[:, :2], a[:, 2:]], [b[:, :3], b[:, 3:]])
+    np.testing.assert_allclose(acc.correlation(), ref, atol=1e-6)
+
+
+def test_sample_matrix_input():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 4)).astype(np.float32)
+    y = (x[:, :2] @ rng.normal(size=(2, 3)) + rng.normal(size=(300, 3))).astype(np.float32)
+    ref = np.corrcoef(x.astype(np.float64).T, y.astype(np.float64).T)[:4, 4:]
+    acc = CrossCorrelation().update(x[:100], y[:100]).update(x[100:], y[100:])
+    np.testing.assert_allclose(acc.correlation(), ref, atol=1e-6)
+
+
+def test_dead_units_give_zero_and_are_flagged():
+    a, b = _maps(offset=0.0)
+    a[:, 1] = 0.0
+    a[:, 3] = 3.5
+    b[:, 6] = -1000.0
+    acc = _fill(a, b, 4)
+    with pytest.warns(RuntimeWarning, match="zero variance"):
+        r = acc.correlation()
+    assert np.isfinite(r).all()
+    np.testing.assert_array_equal(acc.dead_a, [False, True, False, True, False])
+    np.testing.assert_array_equal(acc.dead_b, [False] * 6 + [True])
+    assert (r[[1, 3]] == 0).all() and (r[:, 6] == 0).all()
+    live = _pearson(a[:, [0, 2, 4]], b[:, :6])
+    np.testing.assert_allclose(r[np.ix_([0, 2, 4], range(6))], live, atol=1e-6)
+
+
+def test_single_sample_is_all_dead_not_nan():
+    acc = CrossCorrelation().update(np.ones((1, 2), np.float32), np.zeros((1, 3), np.float32))
+    with pytest.warns(RuntimeWarning):
+        r = acc.correlation()
+    np.testing.assert_array_equal(r, np.zeros((2, 3)))
+
+
+def test_save_load_round_trip_and_resume(tmp_path):
+    a, b = _maps(offset=100.0)
+    acc = _fill(a[:7], b[:7], 3)
+    path = acc.save(tmp_path / "acc.npz")
+    back = CrossCorrelation.load(path)
+    for key, value in acc.state_dict().items():
+        np.testing.assert_array_equal(back.state_dict()[key], value)
+    np.testing.assert_array_equal(back.correlation(), acc.correlation())
+    # resuming after a load equals the uninterrupted run
+    back.update(a[7:], b[7:])
+    np.testing.assert_allclose(back.correlation(), _pearson(a, b), atol=1e-6)
+    empty = CrossCorrelation.load(CrossCorrelation().save(tmp_path / "empty.npz"))
+    assert empty.n == 0
+    np.testing.assert_allclose(empty.merge(acc).correlation(), acc.correlation(), atol=0)
+
+
+def test_errors_name_the_problem():
+    a, b = _maps()
+    with pytest.raises(NotFittedError):
+        CrossCorrelation().correlation()
+    with pytest.raises(InputError, match="same batch and spatial size"):
+        CrossCorrelation().update(a, b[:, :, :4, :4])
+    acc = CrossCorrelation().update(a[:2], b[:2])
+    before = acc.state_dict()
+    bad = a[2:4].clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(InputError, match="NaN"):
+        acc.update(bad, b[2:4])
+    for key, value in before.items():  # the failed batch left no trace
+        np.testing.assert_array_equal(acc.state_dict()[key], value)
+    with pytest.raises(InputError, match="units"):
+        acc.update(a[:2, :4], b[:2])
+    with pytest.raises(InputError, match="merge"):
+        acc.merge(CrossCorrelation().update(a[:2, :4], b[:2]))
+    with pytest.raises(InputError):
+        CrossCorrelation(matmul_dtype="float16")
+
+
+def test_column_block_equals_slice_of_full_table():
+    a, b = _maps(offset=5.0)
+    full = _fill(a, b, 4).correlation()
+    block = _fill(a, b, 4, cols=(2, 5))
+    assert (block.n_a, block.n_b) == (5, 3)
+    np.testing.assert_allclose(block.correlation(), full[:, 2:5], atol=1e-6)
+    with pytest.raises(InputError, match="merge"):
+        block.merge(_fill(a, b, 4, cols=(0, 2)))
+
+
+def test_plan_column_blocks_covers_and_fits():
+    assert plan_column_blocks(100, 50, 10**9) == [(0, 50)]
+    blocks = plan_column_blocks(100, 50, 100 * 7 * 20)
+    assert blocks[0][0] == 0 and blocks[-1][1] == 50
+    assert all(s1 == e0 for (_, e0), (s1, _) in zip(blocks, blocks[1:]))
+    assert all((e - s) * 100 * 20 <= 100 * 7 * 20 for s, e in blocks)
+    assert len(blocks) == 8  # ceil(50 / 7)
+    with pytest.raises(InputError, match="too small"):
+        plan_column_blocks(100, 50, 100)
+
+
+def _reference_topk(values: np.ndarray, k: int):
+    """Stable sort by (value desc, index asc), written independently of the module."""
+    out_v, out_i = [], []
+    for row in values:
+        order = sorted(range(len(row)), key=lambda j: (-row[j], j))
+        order = [j for j in order if np.isfinite(row[j])][:k]
+        out_i.append(order + [-1] * (k - len(order)))
+        out_v.append([row[j] for j in order] + [-np.inf] * (k - len(order)))
+    return np.array(out_v), np.array(out_i)
+
+
+def test_topk_from_blocks_matches_full_table_with_ties_and_dead_units():
+    rng = np.random.default_rng(0)
+    corr = np.round(rng.uniform(-1, 1, size=(9, 13)), 1)  # many exact ties
+    dead_a = np.zeros(9, bool)
+    dead_a[4] = True
+    dead_b = np.zeros(13, bool)
+    dead_b[[0, 7]] = True
+    corr[dead_a] = 0
+    corr[:, dead_b] = 0
+    masked = corr.copy()
+    masked[dead_a] = -np.inf
+    masked[:, dead_b] = -np.inf
+    rv, ri = _reference_topk(masked, 4)
+    cv, ci = _reference_topk(masked.T, 4)
+
+    blocks = [(0, 5), (5, 6), (6, 13)]
+    left = TopKPartners(9, 13, k=4)
+    right = TopKPartners(9, 13, k=4)
+    for n, (s, e) in enumerate(blocks):
+        (left if n < 2 else right).update(corr[:, s:e], col_offset=s, dead_a=dead_a,
+                                          dead_b=dead_b[s:e])
+    assert not left.complete
+    tp = left.merge(right)
+    assert tp.complete
+    np.testing.assert_array_equal(tp.row_index, ri)
+    np.testing.assert_array_equal(tp.row_values, rv)
+    np.testing.assert_array_equal(tp.col_index, ci)
+    np.testing.assert_array_equal(tp.col_values, cv)
+    back = TopKPartners.from_state_dict(tp.state_dict())
+    np.testing.assert_array_equal(back.col_index, ci)
+    with pytest.raises(InputError, match="overlap"):
+        tp.update(corr[:, :2])
+
+
+def test_blocked_passes_give_the_full_table():
+    """The memory-budgeted flow: one pass per column block, reduced to top-K partners."""
+    a, b = _maps(offset=3.0)
+    full = _fill(a, b, 12).correlation()
+    blocks = plan_column_blocks(5, 7, 5 * 3 * CrossCorrelation.bytes_per_entry)
+    assert len(blocks) == 3
+    tp = TopKPartners(5, 7, k=2)
+    for s, e in blocks:
+        acc = _fill(a, b, 4, cols=(s, e))  # a new pass over the data per block
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            tp.update(acc.correlation(), col_offset=s, dead_a=acc.dead_a, dead_b=acc.dead_b)
+    ref_v, ref_i = _reference_topk(full, 2)
+    np.testing.assert_array_equal(tp.row_index, ref_i)
+    np.testing.assert_allclose(tp.row_values, ref_v, atol=1e-6)

@@ -1,0 +1,104 @@
+"""The feature store: resumable after an interruption, identical files, clear refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import zoolens
+import zoolens.engine
+from zoolens.errors import InputError
+
+from conftest import synthetic
+
+SPEC = "timm:vit_tiny_patch16_224?img_size=32&patch_size=8&depth=2"
+
+
+def _extract(out, **kw):
+    return zoolens.extract(SPEC, synthetic(20, 32), layers="blocks", out=out, pretrained=False,
+                           batch_size=4, chunk_size=8, num_workers=0, progress=False,
+                           dtype="float32", **kw)
+
+
+def _model():
+    import torch
+
+    torch.manual_seed(0)
+    return zoolens.load(SPEC, pretrained=False, device="cpu")
+
+
+def test_resume_after_interruption_gives_identical_files(tmp_path, monkeypatch):
+    model = _model()
+    full = zoolens.extract(model, synthetic(20, 32), layers="blocks", out=tmp_path / "full",
+                           batch_size=4, chunk_size=8, num_workers=0, progress=False)
+    real_forward = zoolens.engine._forward
+    calls = {"n": 0}
+
+    def flaky(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 4:  # batch 4 = the second half of chunk 1
+            raise KeyboardInterrupt
+        return real_forward(*args, **kw)
+
+    monkeypatch.setattr(zoolens.engine, "_forward", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        zoolens.extract(model, synthetic(20, 32), layers="blocks", out=tmp_path / "cut",
+                        batch_size=4, chunk_size=8, num_workers=0, progress=False)
+    partial = zoolens.open_store(tmp_path / "cut")
+    assert partial.manifest["done_chunks"] == [0] and not partial.complete
+    assert partial.valid.tolist() == [True] * 8 + [False] * 12
+    np.testing.assert_array_equal(partial.features(model.name, "blocks.1")[:8],
+                                  full.features(model.name, "blocks.1")[:8])
+
+    calls["n"] = -100  # no more interruptions; count the batches the resumed run needs
+    resumed = zoolens.extract(model, synthetic(20, 32), layers="blocks", out=tmp_path / "cut",
+                              batch_size=4, chunk_size=8, num_workers=0, progress=False)
+    assert calls["n"] == -100 + 3  # 12 images left = 3 batches; chunk 0 was not redone
+    assert resumed.complete and resumed.valid.all()
+    for layer in ("blocks.0", "blocks.1"):
+        a = (tmp_path / "full" / full.info(model.name, layer)["file"]).read_bytes()
+        b = (tmp_path / "cut" / resumed.info(model.name, layer)["file"]).read_bytes()
+        assert a == b
+
+
+def test_store_refuses_other_settings_and_reads_back_memmapped(tmp_path):
+    store = _extract(tmp_path)
+    arr = store.features(SPEC, "blocks.0")
+    assert isinstance(arr, np.memmap) and arr.shape == (20, 192) and arr.dtype == np.float32
+    assert store.labels and len(store.ids) == 20
+    with pytest.raises(InputError, match="holds another extraction"):
+        zoolens.extract(SPEC, synthetic(20, 32), layers="blocks", out=tmp_path, pretrained=False,
+                        batch_size=4, chunk_size=8, num_workers=0, progress=False, pool="cls")
+    again = _extract(tmp_path)  # same settings: nothing left to do
+    assert again.complete
+    with pytest.raises(InputError, match="no layer 'blocks.9'"):
+        store.features(SPEC, "blocks.9")
+    with pytest.raises(InputError, match="no zoolens store"):
+        zoolens.open_store(tmp_path / "nowhere")
+
+
+def test_float16_and_full_maps(tmp_path):
+    store = zoolens.extract(SPEC, synthetic(6, 32), layers="blocks.1", maps="blocks.0",
+                            out=tmp_path, pretrained=False, num_workers=0, progress=False)
+    assert store.features(SPEC, "blocks.1").dtype == np.float16
+    assert store.features(SPEC, "blocks.0").shape == (6, 192, 4, 4)
+    assert store.info(SPEC, "blocks.0")["pool"] == "none"
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["config"]["models"][SPEC]["pretrained"] is False
+
+
+def test_memory_does_not_hold_activations_of_all_images(tmp_path):
+    """The writer's resident state is independent of the number of images: rows go to disk."""
+    import tracemalloc
+
+    peaks = []
+    for n in (8, 40):
+        tracemalloc.start()
+        zoolens.extract(SPEC, synthetic(n, 32), layers="blocks", maps="blocks.1",
+                        out=tmp_path / str(n), pretrained=False, batch_size=4, num_workers=0,
+                        progress=False, dtype="float32")
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[1] < peaks[0] * 1.5, peaks
