@@ -14,7 +14,8 @@ def as_features(x, name: str = "x", *, ndim: int = 2, min_samples: int = 1,
                 dtype=np.float64) -> np.ndarray:
     """Return `x` as a finite NumPy array of `ndim` dimensions, or raise InputError naming `name`."""
     if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().float().numpy()
+        x = x.detach().cpu()
+        x = (x if x.dtype == torch.float64 else x.float()).numpy()
     arr = np.asarray(x)
     if arr.ndim != ndim:
         raise InputError(f"{name}: expected a {ndim}D array, got {arr.ndim}D with shape {arr.shape}")

@@ -8,7 +8,9 @@ with a Gaussian prior w ~ N(0, alpha^-1 I) and noise precision beta. The log evi
 
 is maximised over alpha, beta by MacKay's fixed point
 (gamma = sum_i beta s_i / (alpha + beta s_i), alpha = gamma / m^T m, beta = (n - gamma) / ||y - F m||^2,
-s_i the d eigenvalues of F^T F), and the score is its mean over classes.
+s_i the d eigenvalues of F^T F), and the score is its mean over classes. Where the fixed point is
+still moving after `max_iter` steps (it creeps when the evidence is flat in alpha), the maximum is
+found directly over log(alpha / beta) with beta in closed form.
 
 The log-determinant runs over all d eigenvalues, the d - min(n, d) zero ones included: the
 authors' code keeps only the min(n, d) singular values and so drops (d - k) log alpha, which
@@ -93,8 +95,8 @@ class _Spectrum:
                 - alpha_m2 / 2 - logdet_rel / 2) / n
 
     def profile(self, log_lam, cols):
-        """Evidence maximised over beta at alpha = lam beta (beta = n / (res + lam m^T m)),
-        with alpha, beta. log_lam: (m, len(cols)) or (len(cols),)."""
+        """Evidence maximised over beta at fixed lam = alpha / beta, where beta = n / (res + lam m^T m)
+        in closed form; returns (evidence, alpha, beta), each (len(cols),) like `log_lam`."""
         lam = np.exp(log_lam)
         _, _, alpha_m2, res = self.stats(lam, 1.0, cols)
         beta = self.n / (res + alpha_m2)
@@ -108,8 +110,7 @@ def _maximise_profile(spec: _Spectrum, cols: np.ndarray):
     Used where the fixed point has not converged (it creeps when the maximum is flat or far)."""
     s_max = float(spec.s.max())
     if s_max <= 0:
-        n_c = len(cols)
-        return np.full(n_c, np.inf), spec.n / spec.counts[cols]
+        return np.full(len(cols), np.inf), spec.n / spec.counts[cols]
     grid = np.log(s_max) + np.arange(-35.0, 25.01, 0.5)
     vals = np.stack([spec.profile(np.full(len(cols), t), cols)[0] for t in grid])  # (g, c)
     best = grid[np.argmax(vals, axis=0)]

@@ -1,76 +1,51 @@
-"""The `zoolens` command: parses arguments, calls the library, prints. No logic of its own."""
+"""`zoolens models`, `zoolens layers`, `zoolens extract`."""
 
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.table import Table
 
-from .errors import ZoolensError
-
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Look inside a zoo of pretrained vision models.")
-console = Console(stderr=True)
-_SOURCES_HELP = ("timm:resnet50  torchvision:resnet50  open_clip:ViT-B-32/laion2b_s34b_b79k  "
-                 "hf:facebook/dinov2-small  file:zoo.py:factory")
-
-
-def _setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
-                        handlers=[RichHandler(console=console, show_time=False, show_path=False)],
-                        force=True)
-
-
-def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
-    raise typer.Exit(2)
-
-
-def _emit_json(obj, as_json: bool) -> None:
-    if as_json:
-        sys.stdout.write(json.dumps(obj, indent=1) + "\n")
-
+from ..errors import ZoolensError
+from ._app import SPECS_HELP, app, console, emit_json, fail, setup_logging
 
 @app.command()
 def models(pattern: str = typer.Argument("", help="glob over specs, e.g. 'timm:vit_small*'")):
     """List model sources, or the models a pattern matches."""
-    from .zoo.registry import list_models, list_sources
+    from ..zoo.registry import list_models, list_sources
 
     if not pattern:
         console.print("Model sources: " + ", ".join(list_sources()))
-        console.print(f"Specs look like: {_SOURCES_HELP}")
+        console.print(f"Specs look like: {SPECS_HELP}")
         console.print("List models of a source with a pattern: zoolens models 'timm:resnet*'")
         return
     try:
         for spec in list_models(pattern):
             print(spec)
     except ZoolensError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @app.command()
-def layers(spec: str = typer.Argument(..., help=_SOURCES_HELP),
+def layers(spec: str = typer.Argument(..., help=SPECS_HELP),
            select: str = typer.Option("all", "--select", "-s", help="all, blocks, names, globs"),
            no_pretrained: bool = typer.Option(False, "--no-pretrained", help="random weights"),
            as_json: bool = typer.Option(False, "--json", help="print JSON to stdout")):
     """Every tappable layer of a model with its output shape (found by a dry run)."""
-    from .zoo.registry import load
+    from ..zoo.registry import load
 
     try:
         model = load(spec, pretrained=not no_pretrained, device="cpu")
         infos = model.layers(select)
     except (ZoolensError, ImportError) as exc:
-        _fail(exc)
+        fail(exc)
     blocks = set(model.blocks)
     if as_json:
-        _emit_json({"model": spec, "input_size": list(model.input_size),
+        emit_json({"model": spec, "input_size": list(model.input_size),
                     "blocks": model.blocks, "layers": [i.to_json() for i in infos]}, True)
         return
     table = Table(title=f"{spec}  (input {model.input_size[0]}x{model.input_size[1]})")
@@ -84,7 +59,7 @@ def layers(spec: str = typer.Argument(..., help=_SOURCES_HELP),
 
 
 @app.command()
-def extract(model: List[str] = typer.Option(..., "--model", "-m", help=_SOURCES_HELP),
+def extract(model: List[str] = typer.Option(..., "--model", "-m", help=SPECS_HELP),
             images: str = typer.Option(..., "--images", "-i",
                                        help="folder, CSV of path,label, .txt of paths, or "
                                             "synthetic:scenes?n=64&size=64&seed=0"),
@@ -104,16 +79,16 @@ def extract(model: List[str] = typer.Option(..., "--model", "-m", help=_SOURCES_
             verbose: bool = typer.Option(False, "--verbose", "-v")):
     """Tap the layers of one or more models on the same images and write a feature store.
     Rerun the same command to resume an interrupted run."""
-    from .extract import extract as run_extract
+    from ..extract import extract as run_extract
 
-    _setup_logging(verbose)
+    setup_logging(verbose)
     try:
         store = run_extract(model, images, layers=layers, out=out, pool=pool, maps=maps,
                             batch_size=batch_size, device=device, dtype=dtype,
                             pretrained=not no_pretrained, num_workers=workers, amp=amp,
                             overwrite=overwrite)
     except (ZoolensError, ImportError) as exc:
-        _fail(exc)
+        fail(exc)
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted:[/] finished chunks are kept in {out}; "
                       "rerun the same command to resume")
@@ -135,12 +110,4 @@ def extract(model: List[str] = typer.Option(..., "--model", "-m", help=_SOURCES_
                   f"{sum(len(v) for v in summary['models'].values())} layers from "
                   f"{len(store.models)} model(s) -> {out}"
                   + (f"; {len(store.skipped)} skipped (listed in {out}/extract.json)" if store.skipped else ""))
-    _emit_json(summary, as_json)
-
-
-def main() -> None:  # pragma: no cover
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
+    emit_json(summary, as_json)
