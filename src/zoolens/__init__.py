@@ -1,5 +1,9 @@
 """zoolens: look inside a zoo of pretrained vision models."""
 
+from .analyses.discovery import maskcut, ncut
+from .analyses.probes.logme import logme
+from .analyses.similarity import linear_cka as cka
+from .analyses.similarity import mutual_knn, unbiased_cka
 from .errors import InputError, NotFittedError, UnknownLayerError, UnknownModelError, ZoolensError
 from .extract import extract
 from .sources import open_source
@@ -7,5 +11,6 @@ from .store import Store, open_store
 from .zoo import Model, list_models, load
 
 __version__ = "0.1.0"
-__all__ = ["load", "list_models", "Model", "extract", "open_store", "Store", "open_source", "ZoolensError", "UnknownModelError",
+__all__ = ["load", "list_models", "Model", "extract", "open_store", "Store", "open_source",
+           "cka", "unbiased_cka", "mutual_knn", "logme", "ncut", "maskcut", "ZoolensError", "UnknownModelError",
            "UnknownLayerError", "InputError", "NotFittedError"]

@@ -2,7 +2,7 @@
 and printing."""
 
 from ._app import app
-from . import extract  # noqa: F401  (registers models, layers, extract)
+from . import compare, discover, extract, probe, rosetta  # noqa: F401  (each registers commands)
 
 __all__ = ["app"]
 

@@ -1,0 +1,1 @@
+"""`zoolens compare` (filled in by its owner)."""

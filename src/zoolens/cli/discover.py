@@ -1,0 +1,1 @@
+"""`zoolens discover` (filled in by its owner)."""

@@ -1,0 +1,1 @@
+"""`zoolens probe` (filled in by its owner)."""

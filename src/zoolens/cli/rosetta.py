@@ -1,0 +1,1 @@
+"""`zoolens rosetta` (filled in by its owner)."""
