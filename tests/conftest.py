@@ -112,3 +112,18 @@ def hf_dinov2_dir(tmp_path_factory) -> Path:
 
 def synthetic(n: int = 8, size: int = 32) -> str:
     return f"synthetic:scenes?n={n}&size={size}&seed=0"
+
+
+@pytest.fixture(scope="session")
+def diffusers_unet_dir(tmp_path_factory) -> Path:
+    """A tiny pixel-space UNet2DModel and its scheduler, saved as a pipeline folder."""
+    diffusers = pytest.importorskip("diffusers")
+    root = tmp_path_factory.mktemp("ddpm_tiny")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=32, in_channels=3, out_channels=3, layers_per_block=1,
+                                 block_out_channels=(16, 32), norm_num_groups=8,
+                                 down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"))
+    unet.save_pretrained(root / "unet")
+    diffusers.DDPMScheduler(num_train_timesteps=1000).save_pretrained(root / "scheduler")
+    return root

@@ -51,7 +51,7 @@ class Model:
         def record(name, out):
             t = first_tensor(out)
             if t is not None:
-                outputs[name] = t.detach()
+                outputs[name] = t.detach()  # a re-call keeps its first-call position
                 calls[name] = calls.get(name, 0) + 1
 
         names = [n for n, _ in self.module.named_modules() if n]
@@ -59,11 +59,12 @@ class Model:
         with torch.no_grad(), hooks(self.module, names, record):
             self.forward(x)
         a = self.adapter
-        return [describe_output(n, outputs[n], _DRY_RUN_BATCH, input_size=self.input_size,
+        # `outputs` fills in the order modules first run: layers are listed in forward order
+        return [describe_output(n, t, _DRY_RUN_BATCH, input_size=self.input_size,
                                 prefix_tokens=a.prefix_tokens, patch_grid=a.patch_grid,
                                 sequence_first=a.sequence_first, channels_last=a.channels_last,
                                 calls=calls[n])
-                for n in names if n in outputs]
+                for n, t in outputs.items()]
 
     def layers(self, selector: str | list[str] | None = None) -> list[TapInfo]:
         """Tappable layers in forward order (all of them, or those a selector names)."""
