@@ -252,3 +252,21 @@ def test_blocked_passes_give_the_full_table():
     ref_v, ref_i = _reference_topk(full, 2)
     np.testing.assert_array_equal(tp.row_index, ref_i)
     np.testing.assert_allclose(tp.row_values, ref_v, atol=1e-6)
+
+
+def test_reduced_precision_matmul_setting_falls_back_to_float64():
+    # "medium" lets oneDNN run float32 CPU matmuls in bf16 (TF32 on CUDA for "high"): the
+    # accumulator must notice, keep the global setting as it is, and stay exact
+    a, b = _maps(offset=50.0)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        with pytest.warns(RuntimeWarning, match="float64"):
+            r = _fill(a, b, 6).correlation()
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    np.testing.assert_allclose(r, _pearson(a, b), atol=1e-9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _fill(a, b, 6)

@@ -14,8 +14,8 @@ The per-batch cross product is the only O(samples x Ca x Cb) step. float64 GEMM 
 float32 rate on CPUs (measured here: 41 vs 93 GFLOP/s, one core) and at 1/32 to 1/64 of it on
 consumer GPUs, so the product is taken in float32 and added into float64 accumulators. Done naively
 this loses the answer: activations with a mean of 1000 and a standard deviation of 1 give raw
-cross sums of 1e6 per sample, and float32 keeps only ~7 digits of them. Two measures make the float32
-path as accurate as a float64 reference to ~1e-7 in the correlation:
+cross sums of 1e6 per sample, and float32 keeps only ~7 digits of them. Two measures make the
+float32 path as accurate as a float64 reference to ~1e-7 in the correlation:
 
 * Centring. Each batch is centred on its own per-unit mean (a float32 value) before the product;
   the sums of the centred values and the float64 offset between that centre and the
@@ -28,12 +28,18 @@ path as accurate as a float64 reference to ~1e-7 in the correlation:
   (measured: 4e-8 at 4096 samples, 1.8e-6 at 200 000 for units correlated at 0.99), so the product
   is summed over chunks of `chunk_size` samples (default 4096) and each chunk's float32 result is
   added into float64. The float64 additions cost Ca x Cb per chunk, against 2 x Ca x Cb x 4096
-  flops for the chunk's product.
+  flops for the chunk's product. Per-unit sums are float32 cascade sums per chunk, added in
+  float64 (a float64-dtype torch reduction is ~40x slower on CPU).
+
+Cost: besides the product, `update` makes one centred, units-first copy of each batch and reads it
+twice for the sums, all memory-bound: measured at 60% of bare torch.mm's rate for 256 x 512 units
+on one CPU core (benchmarks/bench_rosetta_corr.py), less overhead for wider tables.
 
 `matmul_dtype="float64"` does the product in float64 instead (for a CPU run that wants the last
-digits, or an accelerator with fast float64). On CUDA, TF32 would keep only 10 mantissa bits of the
-product (errors ~1e-3), so `update` sets the float32 matmul precision to "highest" for the duration
-of its product and restores the caller's setting afterwards.
+digits, or an accelerator with fast float64). TF32 (CUDA) or bf16 (oneDNN on CPU) would keep only
+10 or 7 mantissa bits of a float32 product (errors ~1e-3 and worse); zoolens changes no global
+setting, so when the caller has enabled them (`torch.set_float32_matmul_precision("high")`, say)
+`update` warns and takes the float64 product instead.
 
 Memory budget: blocking and top-K
 ---------------------------------
@@ -50,11 +56,9 @@ each pass then only reads them back.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -72,9 +76,9 @@ _SAVE_KEYS = ("sum_a", "sumsq_a", "sum_b", "sumsq_b", "cross", "shift_a", "shift
 # helpers
 
 
-def _as_maps(x, name: str, work_dtype: torch.dtype, device: torch.device | None = None,
-                ) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """Return `x` as one (B, C, H, W) or (n, C) tensor in `work_dtype`, and its non-unit shape.
+def _as_maps(x, name: str, device: torch.device | None = None,
+             ) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Return `x` as one (B, C, H, W) or (n, C) tensor, and its non-unit shape.
 
     Accepts one tensor (B, C, H, W) or (n, C), or a sequence of such tensors to concatenate along C.
     """
@@ -86,7 +90,8 @@ def _as_maps(x, name: str, work_dtype: torch.dtype, device: torch.device | None 
         if len(rest) != 1 or len({p.ndim for p in parts}) != 1:
             raise InputError(f"{name}: maps to concatenate must agree in all but the channel "
                              f"axis; got shapes {[tuple(p.shape) for p in parts]}")
-        x = torch.cat([p.to(work_dtype) for p in parts], dim=1)
+        x = torch.cat([p.to(parts[0].device, torch.promote_types(p.dtype, torch.float32))
+                       for p in parts], dim=1)
     else:
         x = _as_tensor(x, name)
     if device is not None and x.device != device:
@@ -96,10 +101,8 @@ def _as_maps(x, name: str, work_dtype: torch.dtype, device: torch.device | None 
                          f"{tuple(x.shape)}")
     if x.shape[0] == 0 or x.shape[1] == 0 or x[0, 0].numel() == 0:
         raise InputError(f"{name}: has no samples or no units, shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        x = x.to(work_dtype)
     other = (x.shape[0],) + tuple(x.shape[2:])
-    return x.to(work_dtype), other
+    return x, other
 
 
 def _as_tensor(x, name: str) -> torch.Tensor:
@@ -111,21 +114,25 @@ def _as_tensor(x, name: str) -> torch.Tensor:
         raise InputError(f"{name}: expected a tensor or an array, got {type(x).__name__}") from err
 
 
-@contextlib.contextmanager
-def _ieee_float32_matmul(device: torch.device):
-    """Disable TF32 for float32 products on CUDA while the block runs, then restore the setting."""
-    if device.type != "cuda":
-        yield
-        return
-    previous = torch.get_float32_matmul_precision()
-    if previous == "highest":
-        yield
-        return
-    torch.set_float32_matmul_precision("highest")
+def _reduced_precision_matmul(device: torch.device) -> bool:
+    """Whether float32 products on `device` may run in TF32 or bf16 (a read-only check).
+
+    Reads the per-backend `fp32_precision` setting, which answers whichever API the caller used to
+    set it (the legacy getters raise once the two APIs have been mixed).
+    """
+    backend = {"cuda": "cuda", "cpu": "mkldnn"}.get(device.type)
+    if backend is None:
+        return False
     try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(previous)
+        precision = getattr(torch.backends, backend).matmul.fp32_precision
+        if precision == "none":
+            precision = torch.backends.fp32_precision
+        return precision not in ("ieee", "none")
+    except (AttributeError, RuntimeError):  # older torch
+        try:
+            return torch.get_float32_matmul_precision() != "highest"
+        except RuntimeError:
+            return True
 
 
 def _accumulator_device(device: torch.device) -> torch.device:
@@ -150,14 +157,15 @@ def _centre(x: torch.Tensor, step: int,
     z = torch.empty((n_units, x.shape[0]) + tuple(x.shape[2:]), dtype=x.dtype, device=x.device)
     torch.sub(x.transpose(0, 1), centre.view(-1, *([1] * (x.ndim - 1))), out=z)  # one copy
     z = z.view(n_units, m)
-    s = torch.zeros(n_units, dtype=torch.float64, device=x.device)
-    q = torch.zeros(n_units, dtype=torch.float64, device=x.device)
+    acc = _accumulator_device(x.device)
+    s = torch.zeros(n_units, dtype=torch.float64, device=acc)
+    q = torch.zeros(n_units, dtype=torch.float64, device=acc)
     sq = torch.empty((n_units, min(step, m)), dtype=x.dtype, device=x.device)  # reused scratch
     for i in range(0, m, step):
         chunk = z[:, i:i + step]
-        s += chunk.sum(dim=1)
-        q += torch.mul(chunk, chunk, out=sq[:, :chunk.shape[1]]).sum(dim=1)
-    return z, centre.to(torch.float64), s, q
+        s += chunk.sum(dim=1).to(acc)
+        q += torch.mul(chunk, chunk, out=sq[:, :chunk.shape[1]]).sum(dim=1).to(acc)
+    return z, centre.to(acc).to(torch.float64), s, q
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,9 +285,8 @@ class CrossCorrelation:
 
         Tensors may live on any device; the sums stay there (float64). Returns self.
         """
-        work = self._work_dtype
-        xa, other_a = _as_maps(a, "a", work)
-        xb, other_b = _as_maps(b, "b", work, device=xa.device)
+        xa, other_a = _as_maps(a, "a")
+        xb, other_b = _as_maps(b, "b", device=xa.device)
         if other_a != other_b:
             raise InputError(f"a and b must have the same batch and spatial size (resize the maps "
                              f"to a common resolution first); got a {tuple(xa.shape)} and b "
@@ -293,6 +300,14 @@ class CrossCorrelation:
         if self._state is not None and (n_a, n_b) != (self.n_a, self.n_b):
             raise InputError(f"a and b have {n_a} and {n_b} units; this accumulator holds "
                              f"{self.n_a} and {self.n_b}")
+        work = self._work_dtype
+        if work == torch.float32 and _reduced_precision_matmul(xa.device):
+            warnings.warn("float32 matmuls may run in TF32/bf16 (torch float32 matmul precision is "
+                          "not 'highest'); CrossCorrelation takes its products in float64 instead. "
+                          "Set torch.backends.cuda.matmul.fp32_precision = 'ieee' for the faster "
+                          "float32 path.", RuntimeWarning, stacklevel=2)
+            work = torch.float64
+        xa, xb = xa.to(work), xb.to(work)
         step = int(self.chunk_size)
         # units first, (C, samples), centred: the one copy of the batch that update makes
         za, ca, sa, qa = _centre(xa, step)
@@ -302,16 +317,15 @@ class CrossCorrelation:
         if not bool(finite):
             raise InputError("a or b contains NaN or infinite values; the batch was not added")
 
-        acc_dev = _accumulator_device(xa.device)
+        acc_dev = self.device if self._state is not None else _accumulator_device(xa.device)
         if self._state is None:
             self._allocate(n_a, n_b, ca.to(acc_dev), cb.to(acc_dev))
         st = self._state
         cross = st["cross"]
         buf = torch.empty((n_a, n_b), dtype=work, device=xa.device)
-        with _ieee_float32_matmul(xa.device):
-            for s in range(0, m, step):
-                torch.mm(za[:, s:s + step], zb[:, s:s + step].T, out=buf)
-                cross.add_(buf.to(acc_dev))  # float32 chunk into float64 sums
+        for s in range(0, m, step):
+            torch.mm(za[:, s:s + step], zb[:, s:s + step].T, out=buf)
+            cross.add_(buf.to(acc_dev))  # float32 chunk into float64 sums
         d_a = ca.to(acc_dev) - st["shift_a"]
         d_b = cb.to(acc_dev) - st["shift_b"]
         self._add_sums(m, sa.to(acc_dev), qa.to(acc_dev), sb.to(acc_dev), qb.to(acc_dev),
@@ -394,7 +408,7 @@ class CrossCorrelation:
         return self._moments("b")[2].cpu().numpy()
 
     def correlation(self) -> np.ndarray:
-        """(Ca, Cb) float64 Pearson correlation; 0 (never NaN) for zero-variance units, with a warning."""
+        """(Ca, Cb) float64 Pearson correlation; 0 (never NaN) for zero-variance units (warned)."""
         st = self._require()
         mean_a, var_a, dead_a = self._moments("a")
         mean_b, var_b, dead_b = self._moments("b")
@@ -449,7 +463,8 @@ class CrossCorrelation:
                       "sum_b": (n_b,), "sumsq_b": (n_b,), "shift_b": (n_b,)}
             for key, shape in expect.items():
                 if arrays[key].shape != shape:
-                    raise InputError(f"state: {key} has shape {arrays[key].shape}, expected {shape}")
+                    raise InputError(f"state: {key} has shape {arrays[key].shape}, expected "
+                                     f"{shape}")
             dev = torch.device(device) if device is not None else torch.device("cpu")
             acc._state = {k: torch.from_numpy(v.copy()).to(dev) for k, v in arrays.items()}
             acc.n = n
@@ -501,7 +516,8 @@ def plan_column_blocks(n_a: int, n_b: int, max_memory: int | float, *,
 # TopKPartners
 
 
-def _sort_candidates(values: np.ndarray, index: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _sort_candidates(values: np.ndarray, index: np.ndarray, k: int,
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the k best (value desc, then index asc) of the candidates; -inf/-1 pad."""
     # invalid entries (-inf) go last whatever their index
     idx_key = np.where(np.isneginf(values), np.iinfo(np.int64).max, index)
@@ -580,7 +596,8 @@ class TopKPartners:
         w = c.shape[1]
         start = int(col_offset)
         if start < 0 or start + w > self.n_b:
-            raise InputError(f"corr: columns {start}:{start + w} fall outside the {self.n_b} B units")
+            raise InputError(f"corr: columns {start}:{start + w} fall outside the {self.n_b} B "
+                             f"units")
         if self.seen_b[start:start + w].any():
             raise InputError(f"corr: columns {start}:{start + w} overlap columns already added")
         if np.isnan(c).any():

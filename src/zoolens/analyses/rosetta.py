@@ -155,7 +155,8 @@ class UnitIndex:
             return self._by_name[layer]
         except KeyError:
             have = ", ".join(self._by_name)
-            raise UnknownLayerError(f"unknown layer {layer!r} in {self.model}; have {have}") from None
+            raise UnknownLayerError(f"unknown layer {layer!r} in {self.model}; have {have}",
+                                    ) from None
 
     def locate(self, i: int) -> tuple[str, int]:
         """Global index -> (layer, channel)."""
@@ -272,9 +273,10 @@ def _buddies_table(c: np.ndarray, mode: str, k: int, dead_a: np.ndarray, dead_b:
     live_a, live_b = ~dead_a, ~dead_b
     if not live_a.any() or not live_b.any():
         return []
-    c = c.copy()
-    c[dead_a, :] = -np.inf
-    c[:, dead_b] = -np.inf
+    if dead_a.any() or dead_b.any():  # the caller's table stays untouched
+        c = c.copy()
+        c[dead_a, :] = -np.inf
+        c[:, dead_b] = -np.inf
     rows = np.flatnonzero(live_a)
     best_b = np.argmax(c[rows], axis=1)  # argmax takes the first maximum: lowest index on ties
     r = c[rows, best_b]
@@ -449,7 +451,8 @@ def set_profiles(maps, *, mean=None, std=None) -> np.ndarray:
         raise InputError(f"mean/std: expected shape {x.shape[:2]}, got {mu.shape} and {sd.shape}")
     flat_sd = sd > 0
     if not flat_sd.all():
-        warnings.warn(f"{int((~flat_sd).sum())} set units have zero variance; their maps count as 0",
+        warnings.warn(f"{int((~flat_sd).sum())} set units have zero variance; their maps count "
+                      f"as 0",
                       RuntimeWarning, stacklevel=2)
     z = (flat - mu[..., None]) / np.where(flat_sd, sd, 1.0)[..., None]
     z[~flat_sd] = 0.0
