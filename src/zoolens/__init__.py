@@ -2,6 +2,7 @@
 
 from .analyses.discovery import maskcut, ncut
 from .analyses.probes.logme import logme
+from .analyses.rosetta_mining import rosetta
 from .analyses.similarity import linear_cka as cka
 from .analyses.similarity import mutual_knn, unbiased_cka
 from .errors import InputError, NotFittedError, UnknownLayerError, UnknownModelError, ZoolensError
@@ -12,5 +13,5 @@ from .zoo import Model, list_models, load
 
 __version__ = "0.1.0"
 __all__ = ["load", "list_models", "Model", "extract", "open_store", "Store", "open_source",
-           "cka", "unbiased_cka", "mutual_knn", "logme", "ncut", "maskcut", "ZoolensError", "UnknownModelError",
+           "rosetta", "cka", "unbiased_cka", "mutual_knn", "logme", "ncut", "maskcut", "ZoolensError", "UnknownModelError",
            "UnknownLayerError", "InputError", "NotFittedError"]

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .errors import InputError
 from .sources import BadImage, ImageSource
+from .sources.generated import GeneratedImages
 from .taps import first_tensor, hooks, pool
 from .zoo.model import Model
 from .zoo.registry import resolve_device
@@ -91,13 +92,14 @@ def _collate(items):
     return indices, per_model, bad, notes
 
 
-def plan_batches(indices: Iterable[int], batch_size: int, chunk_size: int) -> list[list[int]]:
-    """Batches of at most `batch_size` that never straddle a chunk boundary, so a resumed run
-    feeds the models exactly the batches an uninterrupted one does."""
+def plan_batches(indices: Iterable[int], batch_size: int,
+                 chunk_size: int | None = None) -> list[list[int]]:
+    """Batches of at most `batch_size`, in the given order, that never straddle a chunk boundary,
+    so a resumed run feeds the models exactly the batches an uninterrupted one does."""
     batches: list[list[int]] = []
     for i in indices:
-        if batches and len(batches[-1]) < batch_size and i // chunk_size == batches[-1][-1] // chunk_size \
-                and i == batches[-1][-1] + 1:
+        same_chunk = chunk_size is None or (batches and i // chunk_size == batches[-1][-1] // chunk_size)
+        if batches and len(batches[-1]) < batch_size and same_chunk:
             batches[-1].append(i)
         else:
             batches.append([i])
@@ -119,34 +121,39 @@ def run(models: Sequence[Model], source: ImageSource, request: Request, sinks: S
     if len(set(names)) != len(names):
         raise InputError(f"two models share a name ({names}); give each a distinct name")
     device = resolve_device(device) if device is not None else models[0].device
+    generator = source.generator if isinstance(source, GeneratedImages) else None
     for m in models:
+        if m.is_generator and m is not generator:
+            raise InputError(f"{m.spec} is a generator (latent -> image): give it as the image "
+                             "source (--generator), not as a model looking at images")
+    for m in list(models) + ([generator] if generator is not None else []):
         if m.device != device:
             m.module.to(device)
             m.device = device
     indices = list(range(len(source))) if indices is None else list(indices)
-    batches = plan_batches(indices, batch_size, chunk_size or batch_size)
-    workers = default_workers() if num_workers is None else num_workers
-    loader = DataLoader(_Decoding(source, [m.preprocess for m in models]), batch_sampler=batches,
-                        num_workers=workers, collate_fn=_collate, pin_memory=device.type == "cuda",
-                        persistent_workers=False)
-    infos = {m.name: {i.name: i for i in m.layers(list(request.get(m.name, {})) or None)}
-             if request.get(m.name) else {} for m in models}
+    batches = plan_batches(indices, batch_size, chunk_size)
+    infos = {m.name: {i.name: i for i in m.layers(list(request[m.name]))} if request.get(m.name)
+             else {} for m in models}
     summary = RunSummary(device=str(device))
     autocast = (torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda"
                                else torch.bfloat16) if amp else contextlib.nullcontext())
+    if isinstance(source, GeneratedImages):
+        feed = _generated(source, models, batches, request, infos, device, autocast)
+    else:
+        workers = default_workers() if num_workers is None else num_workers
+        feed = _decoded(source, models, batches, workers, device)
     bar = _progress(len(indices), progress)
     start = time.perf_counter()
     try:
-        for batch_indices, per_model, bad, notes in loader:
+        for batch_indices, inputs, features, bad, notes in feed:
             skipped = [{"index": i, "id": source.ids[i], "reason": r} for i, r in bad]
             for s in skipped:
                 log.warning("skipped %s: %s", s["id"], s["reason"])
-            features: dict = {}
-            if batch_indices:
-                for model, x in zip(models, per_model):
-                    features[model.name] = _forward(model, x.to(device, non_blocking=True),
-                                                    request.get(model.name, {}),
-                                                    infos[model.name], autocast)
+            for model in models:
+                if batch_indices and model.name not in features:
+                    features[model.name], _ = _forward(
+                        model, inputs[model.name].to(device, non_blocking=True),
+                        request.get(model.name, {}), infos[model.name], autocast)
             batch = Batch(batch_indices, [source.ids[i] for i in batch_indices], features,
                           skipped, [{"index": i, "id": source.ids[i], "note": n} for i, n in notes])
             for sink in sinks:
@@ -163,8 +170,33 @@ def run(models: Sequence[Model], source: ImageSource, request: Request, sinks: S
     return summary
 
 
+def _decoded(source, models, batches, workers, device):
+    """Batches decoded and preprocessed in DataLoader workers."""
+    loader = DataLoader(_Decoding(source, [m.preprocess for m in models]), batch_sampler=batches,
+                        num_workers=workers, collate_fn=_collate,
+                        pin_memory=device.type == "cuda")
+    for indices, per_model, bad, notes in loader:
+        yield indices, {m.name: x for m, x in zip(models, per_model)}, {}, bad, notes
+
+
+def _generated(source, models, batches, request, infos, device, autocast):
+    """Batches drawn by a generator on the device; the generator's own taps come with them and
+    every other model's preprocessing is applied to the generated images."""
+    gen = source.generator
+    others = [m for m in models if m is not gen]
+    for indices in batches:
+        z = source.latents(indices).to(device)
+        taps, images = _forward(gen, z, request.get(gen.name, {}), infos.get(gen.name, {}),
+                                autocast)
+        pil = source.to_pil(first_tensor(images))
+        inputs = {m.name: torch.stack([m.preprocess(p) for p in pil]) for m in others}
+        features = {gen.name: taps} if gen in models else {}
+        yield list(indices), inputs, features, [], []
+
+
 def _forward(model: Model, x: torch.Tensor, wanted: dict[str, set[str]], infos, autocast):
-    """One model on one batch; each tapped output is pooled inside its hook."""
+    """One model on one batch; each tapped output is pooled inside its hook.
+    Returns (taps: layer -> pool -> tensor, the model's output)."""
     out: dict[str, dict[str, torch.Tensor]] = {}
 
     def reduce(name, output):
@@ -172,8 +204,8 @@ def _forward(model: Model, x: torch.Tensor, wanted: dict[str, set[str]], infos, 
         out[name] = {how: pool(t, infos[name], how) for how in wanted[name]}
 
     with torch.inference_mode(), autocast, hooks(model.module, list(wanted), reduce):
-        model.forward(x)
-    return out
+        result = model.forward(x)
+    return out, result
 
 
 class _NoBar:

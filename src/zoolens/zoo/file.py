@@ -3,6 +3,8 @@
 The factory is called with `pretrained=` when it accepts that argument, and returns either
 a module, `(module, preprocess)`, a dict of `AdapterResult` fields (`module`, `preprocess`,
 `input_size`, `prefix_tokens`, `patch_grid`, `block_names`, ...), or an `AdapterResult`.
+A generator (latent -> image, for `--generator`) returns a dict with `latent_shape` (e.g.
+`(128,)`) and `output_range` (default `(-1, 1)`) and no preprocessing.
 Without a preprocessing of its own, a model gets the ImageNet default at `input_size`
 (224 unless the dict gives another)."""
 
@@ -61,6 +63,10 @@ def file_source(name: str, *, pretrained: bool = True, weights: str | None = Non
             raise UnknownModelError(f"file:{name}: the factory returned {type(made).__name__}; "
                                     "return an nn.Module, (module, preprocess) or a dict")
         size = fields.pop("input_size", 224)
+        if fields.get("latent_shape"):  # a generator: its input is a latent vector
+            fields["latent_shape"] = tuple(fields["latent_shape"])
+            fields.setdefault("preprocess", None)
+            fields.setdefault("input_size", (0, 0))
         fields.setdefault("preprocess", default_transform(size))
         fields.setdefault("input_size", output_size(fields["preprocess"]))
         result = AdapterResult(**fields)

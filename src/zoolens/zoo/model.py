@@ -33,6 +33,15 @@ class Model:
         self.preprocess = adapter.preprocess
         self.input_size = tuple(adapter.input_size)
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Per-sample input: (3, H, W) images, or a generator's latent shape."""
+        return tuple(self.adapter.latent_shape or (3, *self.input_size))
+
+    @property
+    def is_generator(self) -> bool:
+        return self.adapter.latent_shape is not None
+
     def __repr__(self) -> str:
         return f"Model({self.spec!r}, input_size={self.input_size}, device={self.device})"
 
@@ -55,7 +64,7 @@ class Model:
                 calls[name] = calls.get(name, 0) + 1
 
         names = [n for n, _ in self.module.named_modules() if n]
-        x = torch.zeros(_DRY_RUN_BATCH, 3, *self.input_size, device=self.device)
+        x = torch.zeros(_DRY_RUN_BATCH, *self.input_shape, device=self.device)
         with torch.no_grad(), hooks(self.module, names, record):
             self.forward(x)
         a = self.adapter

@@ -48,6 +48,8 @@ class AdapterResult:
     sequence_first: bool = False  # transformer blocks emit (T, B, D)
     block_names: list[str] | None = None  # the "blocks" selector; None: found by structure
     channels_last: bool = False  # 4D maps are (B, H, W, C) (timm swin-like models)
+    latent_shape: tuple[int, ...] | None = None  # a generator: input is a latent, not an image
+    output_range: tuple[float, float] = (-1.0, 1.0)  # a generator's image value range
     meta: dict = field(default_factory=dict)  # anything worth recording (weights, config)
 
 

@@ -1,0 +1,446 @@
+"""`compare()`: a layer x layer similarity matrix between two models (or a model and itself).
+
+Three estimators, each fed by one streaming pass of `zoolens.engine.run` over the images:
+
+- ``metric="cka", features="pooled"``: exact linear CKA (Kornblith et al. 2019) on mean-pooled
+  features, from float64 running sums (`LayerCKA`). Memory is independent of the number of
+  images: per layer a (d, d) Gram, and one (sum d_a) x (sum d_b) cross-product.
+- ``metric="cka", features="flat"``: the minibatch unbiased-HSIC CKA (Nguyen et al. 2021,
+  `LayerMinibatchCKA`) on whole flattened maps (C * h * w per image), too wide for a (d, d) Gram.
+  Each minibatch holds at least `batch_size` images (and at least 4). The estimator assumes
+  minibatches are random subsets: image sources list files in a fixed order (folder by folder,
+  class by class), so the images are visited in a shuffled order, ``permutation(n)`` of
+  ``numpy.random.default_rng(seed)``; ``seed=None`` keeps the source's order.
+- ``metric="mknn"``: mutual k-NN alignment (Huh et al. 2024) on mean-pooled features. The
+  neighbours of every image are needed, so the pooled features of all images are kept, in
+  float32: O(n_images * sum of layer widths) memory, never activation maps.
+
+When both sides are the same model (``model_b=None``, the same spec, or the same `Model`), it is
+loaded once and run once per batch; both sides read the same features.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..engine import Batch, run
+from ..errors import InputError
+from ..sources import ImageSource, open_source
+from ..taps import pooled_shape
+from ..zoo.model import Model
+from ..zoo.registry import load, resolve_device
+from .similarity import LayerCKA, LayerMinibatchCKA, mutual_knn_matrix
+
+__all__ = ["CompareResult", "compare", "plot_matrix", "METRICS", "FEATURES"]
+
+METRICS = ("cka", "mknn")
+FEATURES = ("pooled", "flat")
+_MIN_MINIBATCH = 4  # the unbiased HSIC estimator needs n >= 4
+
+
+# ----------------------------------------------------------------------------------------------
+# result
+
+
+@dataclass
+class CompareResult:
+    """A layer x layer similarity matrix between two models, with the settings that produced it.
+
+    Attributes:
+        metric: "cka" or "mknn".
+        model_a, model_b: model names (specs); equal when a model is compared with itself.
+        layers_a: the La layers of model A (matrix rows), in model order.
+        layers_b: the Lb layers of model B (matrix columns).
+        matrix: (La, Lb) nested lists of floats; ``matrix[i][j]`` compares ``layers_a[i]`` with
+            ``layers_b[j]``.
+        images: number of images the values were computed from.
+        skipped: ``[{"index", "id", "reason"}]`` images that could not be used (bad files).
+        settings: ``estimator`` (``linear_cka`` | ``minibatch_unbiased_cka`` | ``mutual_knn``),
+            ``features``, ``pooling``, ``k`` (mknn, else None), ``batch_size``, ``source``,
+            ``pretrained``, ``same_model``; for flat CKA also ``seed``, ``minibatches`` and
+            ``unused`` (ids of trailing images too few to form a minibatch; normally empty).
+    """
+
+    metric: str
+    model_a: str
+    model_b: str
+    layers_a: list[str]
+    layers_b: list[str]
+    matrix: list[list[float]]
+    images: int
+    skipped: list[dict] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.matrix = [[float(v) for v in row] for row in np.asarray(self.matrix, dtype=np.float64)
+                       .reshape(len(self.layers_a), len(self.layers_b)).tolist()]
+
+    @property
+    def array(self) -> np.ndarray:
+        """The matrix as a (La, Lb) float64 NumPy array."""
+        return np.asarray(self.matrix, dtype=np.float64).reshape(len(self.layers_a),
+                                                                 len(self.layers_b))
+
+    def to_dict(self) -> dict:
+        return {"analysis": "compare", "version": 1, **asdict(self)}
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_json(cls, s: str | bytes | dict) -> "CompareResult":
+        d = json.loads(s) if isinstance(s, (str, bytes)) else dict(s)
+        if d.pop("analysis", "compare") != "compare":
+            raise InputError("from_json: not a compare result")
+        d.pop("version", None)
+        return cls(**d)
+
+
+# ----------------------------------------------------------------------------------------------
+# sinks: one per estimator, each fed by the engine batch by batch
+
+
+class _Sides:
+    """Reads, from an engine batch, the per-layer tensors of side A and side B."""
+
+    def __init__(self, name_a: str, layers_a: list[str], name_b: str, layers_b: list[str],
+                 how: str):
+        self.name_a, self.layers_a = name_a, layers_a
+        self.name_b, self.layers_b = name_b, layers_b
+        self.how = how
+        self.labels = ([f"{name_a}/{n}" for n in layers_a], [f"{name_b}/{n}" for n in layers_b])
+
+    def get(self, batch: Batch):
+        fa = [batch.features[self.name_a][n][self.how] for n in self.layers_a]
+        fb = [batch.features[self.name_b][n][self.how] for n in self.layers_b]
+        return fa, fb
+
+
+class _NamedLayerCKA(LayerCKA):
+    """LayerCKA whose warnings and errors name layers as `<model>/<layer>`."""
+
+    def __init__(self, dims_a, dims_b, labels, *, device=None):
+        self._labels = labels
+        super().__init__(dims_a, dims_b, device=device)
+
+    def _label(self, side: int, i: int) -> str:
+        return self._labels[side][i]
+
+
+class _NamedLayerMinibatchCKA(LayerMinibatchCKA):
+    """LayerMinibatchCKA whose warnings and errors name layers as `<model>/<layer>`."""
+
+    def __init__(self, labels, *, device=None):
+        self._labels = labels
+        super().__init__(len(labels[0]), len(labels[1]), device=device)
+
+    def _label(self, side: int, i: int) -> str:
+        return self._labels[side][i]
+
+
+class _PooledCKASink:
+    def __init__(self, sides: _Sides, dims_a, dims_b, device):
+        self.sides = sides
+        self.acc = _NamedLayerCKA(dims_a, dims_b, sides.labels, device=device)
+
+    def update(self, batch: Batch) -> None:
+        if batch.indices:
+            self.acc.update(*self.sides.get(batch))
+
+    def finish(self):
+        return self.acc.result(), {}
+
+
+class _FlatCKASink:
+    """Minibatches of >= `size` images for the unbiased estimator.
+
+    Rows are gathered until a minibatch is full; a batch thinned by bad files just waits for the
+    next one. When fewer than 4 images are still to come, the current minibatch is held back and
+    those last images join it, so a short tail is not lost."""
+
+    def __init__(self, sides: _Sides, size: int, total: int, device):
+        self.sides, self.size, self.remaining = sides, size, total
+        self.acc = _NamedLayerMinibatchCKA(sides.labels, device=device)
+        self.pending: list[tuple[list, list, list]] = []  # (feats_a, feats_b, ids) per batch
+        self.pending_n = 0
+        self.unused: list[str] = []
+
+    def update(self, batch: Batch) -> None:
+        self.remaining -= len(batch.indices) + len(batch.skipped)
+        if batch.indices:
+            fa, fb = self.sides.get(batch)
+            self.pending.append(([f.flatten(1) for f in fa], [f.flatten(1) for f in fb],
+                                 list(batch.ids)))
+            self.pending_n += len(batch.indices)
+        if self.pending_n >= self.size and (self.remaining == 0 or
+                                            self.remaining >= _MIN_MINIBATCH):
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        if self.pending_n < _MIN_MINIBATCH:
+            self.unused += [i for _, _, ids in self.pending for i in ids]
+        else:
+            cat = lambda parts: [torch.cat(p) for p in zip(*parts)]  # noqa: E731
+            self.acc.update(cat([p[0] for p in self.pending]), cat([p[1] for p in self.pending]))
+        self.pending, self.pending_n = [], 0
+
+    def finish(self):
+        self._flush()
+        if self.unused:
+            warnings.warn(f"{len(self.unused)} image(s) at the end were too few to form a "
+                          f"minibatch of {_MIN_MINIBATCH} and were left out: "
+                          f"{', '.join(self.unused)}", RuntimeWarning, stacklevel=3)
+        if self.acc.n_batches_ == 0:
+            raise InputError(f"images: minibatch CKA needs at least {_MIN_MINIBATCH} usable "
+                             f"images, got {len(self.unused)}")
+        return self.acc.result(), {"minibatches": self.acc.n_batches_, "unused": self.unused}
+
+
+class _KNNSink:
+    """Keeps every image's pooled features (float32, CPU), by position in the run. A layer on
+    both sides (a model against itself) is stored once."""
+
+    def __init__(self, sides: _Sides, dims_a, dims_b, total: int):
+        self.sides = sides
+        self.position: dict[int, int] = {}
+        self.keys_a = [(sides.name_a, n) for n in sides.layers_a]
+        self.keys_b = [(sides.name_b, n) for n in sides.layers_b]
+        self.feats: dict[tuple[str, str], np.ndarray] = {}
+        for key, d in zip(self.keys_a + self.keys_b, list(dims_a) + list(dims_b)):
+            if key not in self.feats:
+                self.feats[key] = np.empty((total, d), np.float32)
+
+    def update(self, batch: Batch) -> None:
+        if not batch.indices:
+            return
+        rows = [self.position.setdefault(i, len(self.position)) for i in batch.indices]
+        for (model, layer), store in self.feats.items():
+            store[rows] = batch.features[model][layer][self.sides.how].detach().cpu().numpy()
+
+    def finish(self, k: int, device):
+        n = len(self.position)
+        _check_k(k, n, "usable images")
+        fa = [self.feats[key][:n] for key in self.keys_a]
+        fb = [self.feats[key][:n] for key in self.keys_b]
+        return mutual_knn_matrix(fa, fb, k=k, device=device), {}
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+class _Shuffled(ImageSource):
+    """A source visited in another order: item i is item `order[i]` of `base`."""
+
+    def __init__(self, base: ImageSource, order: Sequence[int]):
+        self.base, self.order = base, [int(i) for i in order]
+        super().__init__(ids=[base.ids[i] for i in self.order],
+                         labels=None if base.labels is None else [base.labels[i] for i in self.order],
+                         skipped_at_listing=list(base.skipped_at_listing),
+                         description=base.description)
+
+    def decode(self, index: int):
+        return self.base.decode(self.order[index])
+
+
+def _check_k(k, n: int | None = None, what: str = "images") -> int:
+    """k as an int, >= 1 and (when n is given) < n, or an InputError naming it."""
+    try:
+        ok = not isinstance(k, bool) and int(k) == k and k >= 1
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise InputError(f"k: must be a positive integer, got {k!r}")
+    if n is not None and k >= n:
+        raise InputError(f"k={k}: mutual k-NN needs k < the number of {what} ({n}); "
+                         f"use a smaller k or more images")
+    return int(k)
+
+
+def _models(model_a, model_b, pretrained: bool, device) -> tuple[Model, Model]:
+    """Load both sides; the same spec or the same Model is loaded once."""
+    if model_b is None:
+        model_b = model_a
+    same = model_a is model_b or (isinstance(model_a, str) and isinstance(model_b, str)
+                                  and model_a == model_b)
+    a = model_a if isinstance(model_a, Model) else load(model_a, pretrained=pretrained, device=device)
+    if same:
+        return a, a
+    b = model_b if isinstance(model_b, Model) else load(model_b, pretrained=pretrained, device=device)
+    if a.name == b.name:
+        raise InputError(f"model_a and model_b are two different models both named {a.name!r}; "
+                         "pass the same Model to compare a model with itself, or load one with "
+                         "zoolens.load(spec, name=...) to tell them apart")
+    return a, b
+
+
+def _acc_device(device: torch.device) -> torch.device:
+    # float64 sums run where the features are, except on backends without float64 (MPS).
+    return device if device.type == "cuda" else torch.device("cpu")
+
+
+# ----------------------------------------------------------------------------------------------
+# the analysis
+
+
+def compare(model_a, model_b=None, images=None, *, layers_a="blocks", layers_b=None,
+            metric: str = "cka", k: int = 10, features: str = "pooled", batch_size: int = 32,
+            seed: int | None = 0, device=None, num_workers: int | None = None,
+            progress: bool = True, pretrained: bool = True) -> CompareResult:
+    """Layer x layer similarity between two models on the same images.
+
+    Args:
+        model_a: a spec string or a loaded `Model` (matrix rows).
+        model_b: another spec or `Model` (columns); None, the same spec or the same `Model`
+            compares model A with itself (loaded and run once).
+        images: anything `open_source` takes: a folder, a CSV, 'synthetic:scenes?n=64', a batch.
+        layers_a: layer selector for model A (`blocks`, `all`, names, globs, `blocks[-4:]`).
+        layers_b: selector for model B; None uses `layers_a`.
+        metric: "cka" (linear CKA) or "mknn" (mutual k-NN alignment).
+        k: neighbours for "mknn", 1 <= k < number of images.
+        features: "pooled" (mean over positions / patch tokens; exact streaming CKA) or "flat"
+            (whole maps flattened to C*h*w per image; minibatch unbiased CKA, cka only).
+        batch_size: images per forward pass; for "flat" also the minibatch size (>= 4).
+        seed: the shuffled visiting order for "flat" (see the module docstring); None keeps the
+            source's order. Pooled CKA and mknn do not depend on the order.
+        device, num_workers, progress: as in `zoolens.engine.run`.
+        pretrained: load pretrained weights for spec strings (False: random, offline).
+
+    Returns:
+        CompareResult with the (La, Lb) matrix in ``matrix``.
+    """
+    if metric not in METRICS:
+        raise InputError(f"metric {metric!r}: use one of {', '.join(METRICS)}")
+    if features not in FEATURES:
+        raise InputError(f"features {features!r}: use one of {', '.join(FEATURES)}")
+    if metric == "mknn" and features != "pooled":
+        raise InputError("features='flat' applies to metric='cka' only; mutual k-NN uses pooled "
+                         "features")
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise InputError(f"batch_size: must be a positive integer, got {batch_size!r}")
+    if features == "flat" and batch_size < _MIN_MINIBATCH:
+        raise InputError(f"batch_size {batch_size}: the minibatch unbiased CKA needs minibatches "
+                         f"of at least {_MIN_MINIBATCH} images")
+    if metric == "mknn":
+        _check_k(k)  # type and sign now, before loading; against the image count below
+    if images is None:
+        raise InputError("images: name the images to compare the models on (a folder, a CSV, "
+                         "synthetic:scenes?n=64)")
+
+    source = open_source(images)
+    n_total = len(source)
+    if n_total == 0:
+        raise InputError(f"images {source.description!r}: holds no images")
+    if metric == "mknn":
+        _check_k(k, n_total)
+    a, b = _models(model_a, model_b, pretrained, device)
+    same = a is b
+    names_a = a.select(layers_a)
+    names_b = b.select(layers_a if layers_b is None else layers_b)
+    how = "none" if features == "flat" else "mean"
+    info_a = {i.name: i for i in a.layers(names_a)}
+    info_b = {i.name: i for i in b.layers(names_b)}
+    # Raises, naming the layer, for token layers without a patch grid to flatten.
+    dims_a = [math.prod(pooled_shape(info_a[n], how)) for n in names_a]
+    dims_b = [math.prod(pooled_shape(info_b[n], how)) for n in names_b]
+
+    request: dict = {a.name: {n: {how} for n in names_a}}
+    request.setdefault(b.name, {}).update({n: {how} for n in names_b})
+    models = [a] if same else [a, b]
+    run_device = resolve_device(device) if device is not None else a.device
+    acc_device = _acc_device(run_device)
+    sides = _Sides(a.name, names_a, b.name, names_b, how)
+
+    settings = {"features": features, "pooling": "mean" if how == "mean" else "none (flattened)",
+                "k": int(k) if metric == "mknn" else None, "batch_size": int(batch_size),
+                "source": source.description, "pretrained": bool(pretrained), "same_model": same}
+    run_source = source
+    if metric == "cka" and features == "pooled":
+        settings["estimator"] = "linear_cka"
+        sink = _PooledCKASink(sides, dims_a, dims_b, acc_device)
+    elif metric == "cka":
+        settings.update(estimator="minibatch_unbiased_cka", seed=seed)
+        if seed is not None:
+            run_source = _Shuffled(source, np.random.default_rng(seed).permutation(n_total))
+        sink = _FlatCKASink(sides, int(batch_size), n_total, acc_device)
+    else:
+        settings["estimator"] = "mutual_knn"
+        sink = _KNNSink(sides, dims_a, dims_b, n_total)
+
+    summary = run(models, run_source, request, [sink], batch_size=int(batch_size),
+                  num_workers=num_workers, device=device, progress=progress)
+    skipped = list(source.skipped_at_listing) + summary.skipped
+    if summary.images == 0:
+        raise InputError(f"images {source.description!r}: none of the {n_total} images could be "
+                         f"used ({len(skipped)} skipped)")
+    if metric == "mknn":
+        matrix, extra = sink.finish(int(k), acc_device)
+    else:
+        matrix, extra = sink.finish()
+    settings.update(extra)
+    return CompareResult(metric=metric, model_a=a.name, model_b=b.name, layers_a=names_a,
+                         layers_b=names_b, matrix=np.asarray(matrix).tolist(),
+                         images=summary.images - len(extra.get("unused", [])), skipped=skipped,
+                         settings=settings)
+
+
+# ----------------------------------------------------------------------------------------------
+# figure
+
+
+def plot_matrix(result: CompareResult, path: str | Path, *, annotate: bool | None = None) -> Path:
+    """Draw the matrix as a heatmap PNG: rows are model A's layers, columns model B's.
+
+    Args:
+        result: a CompareResult.
+        path: where the PNG goes.
+        annotate: write each value in its cell; by default only when there are at most 12 x 12
+            cells (more would be unreadable).
+
+    Returns:
+        The path written.
+    """
+    # A Figure with no pyplot state renders through Agg and leaves the user's backend alone.
+    from matplotlib.figure import Figure
+
+    m = result.array
+    la, lb = m.shape
+    if annotate is None:
+        annotate = la <= 12 and lb <= 12
+    width = min(24.0, max(4.5, 0.55 * lb + 2.5))
+    height = min(24.0, max(3.8, 0.45 * la + 1.8))
+    fig = Figure(figsize=(width, height), dpi=110)
+    ax = fig.add_subplot()
+    # Unbiased estimates may fall slightly outside [0, 1]; the colour scale stays [0, 1].
+    im = ax.imshow(m, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
+    fontsize = max(5.0, min(9.0, 200.0 / max(la, lb, 1)))
+    ax.set_xticks(range(lb))
+    ax.set_xticklabels(result.layers_b, rotation=90, fontsize=fontsize)
+    ax.set_yticks(range(la))
+    ax.set_yticklabels(result.layers_a, fontsize=fontsize)
+    ax.set_xlabel(f"{result.model_b} layers", fontsize=8)
+    ax.set_ylabel(f"{result.model_a} layers", fontsize=8)
+    label = {"cka": "linear CKA", "mknn": f"mutual {result.settings.get('k')}-NN"}[result.metric]
+    if result.settings.get("estimator") == "minibatch_unbiased_cka":
+        label = "minibatch unbiased CKA"
+    ax.set_title(f"{label}, {result.images} images", fontsize=9)
+    if annotate:
+        for i in range(la):
+            for j in range(lb):
+                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=fontsize,
+                        color="black" if m[i, j] > 0.6 else "white")
+    fig.colorbar(im, ax=ax, label=label)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", bbox_inches="tight")
+    return path

@@ -1,0 +1,48 @@
+"""Images sampled from a generator (latent -> image), which is itself a zoo member: its units
+are tapped while it draws the very images the other models see, as in the Rosetta paper.
+
+Latent `i` is drawn from its own seeded stream, so sample `i` is the same whatever the batch
+it falls in, and a resumed or re-run mining pass sees the same images."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import InputError
+from .base import Decoded, ImageSource
+
+__all__ = ["GeneratedImages"]
+
+
+class GeneratedImages(ImageSource):
+    """`n` samples of `generator` (a `Model` with `latent_shape`), latents seeded by `seed`."""
+
+    def __init__(self, generator, n: int = 64, seed: int = 0):
+        if not getattr(generator, "is_generator", False):
+            raise InputError(f"{getattr(generator, 'spec', generator)} is no generator: its factory "
+                             "must give latent_shape (see zoolens.zoo.file)")
+        if n < 1:
+            raise InputError(f"generator samples: need n >= 1, got {n}")
+        self.generator, self.n, self.seed = generator, n, seed
+        super().__init__(ids=[f"generated_{seed}_{i:06d}" for i in range(n)],
+                         description=f"generator:{generator.spec}?n={n}&seed={seed}")
+
+    def latents(self, indices) -> torch.Tensor:
+        shape = self.generator.input_shape
+        return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(
+            self.seed * 1_000_003 + int(i))) for i in indices])
+
+    def to_pil(self, images: torch.Tensor) -> list[Image.Image]:
+        """Generator output (B, 3, H, W) in its `output_range` -> RGB images."""
+        lo, hi = self.generator.adapter.output_range
+        x = ((images.detach().float().cpu() - lo) / (hi - lo)).clamp(0, 1)
+        arr = (x.permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
+        return [Image.fromarray(a) for a in arr]
+
+    def decode(self, index: int) -> Decoded:
+        """One sample, drawn alone (the engine draws whole batches instead)."""
+        with torch.inference_mode():
+            out = self.generator.forward(self.latents([index]).to(self.generator.device))
+        return Decoded(self.to_pil(out)[0])
