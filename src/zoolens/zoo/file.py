@@ -67,8 +67,10 @@ def file_source(name: str, *, pretrained: bool = True, weights: str | None = Non
             fields["latent_shape"] = tuple(fields["latent_shape"])
             fields.setdefault("preprocess", None)
             fields.setdefault("input_size", (0, 0))
-        fields.setdefault("preprocess", default_transform(size))
-        fields.setdefault("input_size", output_size(fields["preprocess"]))
+        else:
+            fields.setdefault("preprocess", default_transform(size))
+            if "input_size" not in fields:
+                fields["input_size"] = output_size(fields["preprocess"])
         result = AdapterResult(**fields)
     if weights:
         state = torch.load(weights, map_location="cpu", weights_only=True)
