@@ -354,5 +354,9 @@ def _concepts(result: RosettaResult, models, source, layers, indexes, first: _Mi
             concept_figure([source.decode(sink.indices[i]).image for i in order],
                            heat[:, order], names, path,
                            title=f"concept {c}: {len(members)} set(s)")
+            # the heatmaps of every profile image, for scoring against ground truth
+            np.savez_compressed(path.with_suffix(".npz"), heat=heat.astype(np.float32),
+                                indices=np.asarray(sink.indices), models=np.asarray(names))
             entry["figure"] = str(path.relative_to(out))
+            entry["maps"] = str(path.with_suffix(".npz").relative_to(out))
         result.concepts.append(entry)
