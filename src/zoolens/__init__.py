@@ -1,7 +1,10 @@
 """zoolens: look inside a zoo of pretrained vision models."""
 
 from .analyses.discovery import maskcut, ncut
+from .analyses.probes.evaluate import probe
+from .analyses.probes.knn import knn_classify
 from .analyses.probes.logme import logme
+from .analyses.probes.zeroshot import zeroshot_classifier, zeroshot_scores
 from .analyses.rosetta_mining import rosetta
 from .analyses.similarity import linear_cka as cka
 from .analyses.similarity import mutual_knn, unbiased_cka
@@ -13,5 +16,6 @@ from .zoo import Model, list_models, load
 
 __version__ = "0.1.0"
 __all__ = ["load", "list_models", "Model", "extract", "open_store", "Store", "open_source",
-           "rosetta", "cka", "unbiased_cka", "mutual_knn", "logme", "ncut", "maskcut", "ZoolensError", "UnknownModelError",
+           "rosetta", "probe", "knn_classify", "zeroshot_classifier", "zeroshot_scores",
+           "cka", "unbiased_cka", "mutual_knn", "logme", "ncut", "maskcut", "ZoolensError", "UnknownModelError",
            "UnknownLayerError", "InputError", "NotFittedError"]

@@ -3,6 +3,8 @@ without registers, MAE, BEiT, the vision tower of CLIP/SigLIP), with their image
 
 from __future__ import annotations
 
+import torch
+
 from ._preprocess import default_transform, output_size
 from .registry import AdapterResult, register_source
 
@@ -18,7 +20,12 @@ class _HFPreprocess:
 
 
 def _image_features(module, x):
-    return module.get_image_features(pixel_values=x)
+    """The projected image embedding (transformers >= 5 wraps it in `pooler_output`)."""
+    out = module.get_image_features(pixel_values=x)
+    if isinstance(out, torch.Tensor):
+        return out
+    embeds = getattr(out, "image_embeds", None)
+    return embeds if embeds is not None else out.pooler_output
 
 
 def _pixel_forward(module, x):
