@@ -1,6 +1,8 @@
 """zoolens: look inside a zoo of pretrained vision models."""
 
 from .analyses.discovery import maskcut, ncut
+from .analyses.objects import discover
+from .analyses.visualize import visualize
 from .analyses.probes.evaluate import probe
 from .analyses.probes.knn import knn_classify
 from .analyses.probes.logme import logme
@@ -17,5 +19,5 @@ from .zoo import Model, list_models, load
 __version__ = "0.1.0"
 __all__ = ["load", "list_models", "Model", "extract", "open_store", "Store", "open_source",
            "rosetta", "probe", "knn_classify", "zeroshot_classifier", "zeroshot_scores",
-           "cka", "unbiased_cka", "mutual_knn", "logme", "ncut", "maskcut", "ZoolensError", "UnknownModelError",
+           "cka", "unbiased_cka", "mutual_knn", "logme", "ncut", "maskcut", "discover", "visualize", "ZoolensError", "UnknownModelError",
            "UnknownLayerError", "InputError", "NotFittedError"]
