@@ -17,19 +17,31 @@ __all__ = ["GeneratedImages"]
 
 
 class GeneratedImages(ImageSource):
-    """`n` samples of `generator` (a `Model` with `latent_shape`), latents seeded by `seed`."""
+    """`n` samples of `generator` (a `Model` with `latent_shape`), latents seeded by `seed`;
+    or the given `latents` (n, *latent_shape), e.g. real images encoded by a VAE's encoder, so
+    the generated images keep those images' ground truth."""
 
-    def __init__(self, generator, n: int = 64, seed: int = 0):
+    def __init__(self, generator, n: int = 64, seed: int = 0, latents: torch.Tensor | None = None,
+                 ids: list[str] | None = None):
         if not getattr(generator, "is_generator", False):
             raise InputError(f"{getattr(generator, 'spec', generator)} is no generator: its factory "
                              "must give latent_shape (see zoolens.zoo.file)")
+        if latents is not None:
+            latents = torch.as_tensor(latents, dtype=torch.float32)
+            if tuple(latents.shape[1:]) != tuple(generator.input_shape):
+                raise InputError(f"latents: expected (n, {', '.join(map(str, generator.input_shape))}), "
+                                 f"got {tuple(latents.shape)}")
+            n = len(latents)
         if n < 1:
             raise InputError(f"generator samples: need n >= 1, got {n}")
-        self.generator, self.n, self.seed = generator, n, seed
-        super().__init__(ids=[f"generated_{seed}_{i:06d}" for i in range(n)],
-                         description=f"generator:{generator.spec}?n={n}&seed={seed}")
+        self.generator, self.n, self.seed, self.given = generator, n, seed, latents
+        what = f"latents={n}" if latents is not None else f"n={n}&seed={seed}"
+        super().__init__(ids=ids or [f"generated_{seed}_{i:06d}" for i in range(n)],
+                         description=f"generator:{generator.spec}?{what}")
 
     def latents(self, indices) -> torch.Tensor:
+        if self.given is not None:
+            return self.given[list(indices)]
         shape = self.generator.input_shape
         return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(
             self.seed * 1_000_003 + int(i))) for i in indices])
