@@ -35,7 +35,12 @@ class GeneratedImages(ImageSource):
         if n < 1:
             raise InputError(f"generator samples: need n >= 1, got {n}")
         self.generator, self.n, self.seed, self.given = generator, n, seed, latents
-        what = f"latents={n}" if latents is not None else f"n={n}&seed={seed}"
+        if latents is not None:  # the checkpoints' fingerprint must change with the latents
+            import hashlib
+
+            what = f"latents={n}&sha1={hashlib.sha1(latents.numpy().tobytes()).hexdigest()[:12]}"
+        else:
+            what = f"n={n}&seed={seed}"
         super().__init__(ids=ids or [f"generated_{seed}_{i:06d}" for i in range(n)],
                          description=f"generator:{generator.spec}?{what}")
 
