@@ -28,6 +28,7 @@ import logging
 import re
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
@@ -41,7 +42,7 @@ from ..sources import BadImage, ImageSource, open_source
 from ..taps import TapInfo, first_tensor, hooks, pool
 from .discovery import mask_bbox, maskcut
 
-__all__ = ["PatchLayer", "ImageObjects", "patch_layer", "discover", "iter_discover",
+__all__ = ["write_discovery", "PatchLayer", "ImageObjects", "patch_layer", "discover", "iter_discover",
            "FEATURES"]
 
 log = logging.getLogger("zoolens")
@@ -652,3 +653,88 @@ def _safe_name(id_: str, index: int) -> str:
     """A file-name stem for an image id: index-prefixed (unique), no path separators."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", str(id_)).strip("._")[-80:] or "image"
     return f"{index:06d}_{stem}"
+
+
+# ----------------------------------------------------------------------------------------------
+# writing a discovery run to a folder (used by `zoolens discover` and the demo)
+
+
+def write_discovery(model, images, out: str | Path, *, layer: str | None = None,
+                    features: str = "keys", objects: int = 3, tau: float = 0.2,
+                    eps: float = 1e-5, batch_size: int = 16, num_workers: int = 0,
+                    progress: bool = True) -> dict:
+    """Run `iter_discover` and write one PNG per mask (`masks/`), one overlay per image
+    (`overlays/`) and `out/discover.json`, which is written even when the run is interrupted
+    and lists what was done. Returns the summary written to discover.json."""
+    import json
+
+    from ..sources import open_source
+
+    out = Path(out)
+    source = open_source(images)
+    pl = patch_layer(model, layer, features=features)
+    note = _fallback_note(model, pl, features)
+    info = model.layer(pl.layer)
+    summary = {"model": model.spec, "layer": pl.layer, "feature": pl.feature,
+               "channels": [pl.channels.start, pl.channels.stop], "features": features,
+               "grid": list(info.grid), "input_size": list(model.input_size), "tau": tau,
+               "eps": eps, "objects": objects, "notes": [note] if note else [],
+               "images": [], "skipped": [dict(s) for s in source.skipped_at_listing],
+               "complete": False}
+    results = iter_discover(model, source, layer=layer, features=features, objects=objects,
+                            tau=tau, eps=eps, batch_size=batch_size, num_workers=num_workers,
+                            keep_images=True, progress=progress)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        for res, image in results:
+            if res.skipped:
+                summary["skipped"].append({"index": res.index, "id": res.id, "reason": res.skipped})
+                continue
+            summary["images"].append(_write_objects(res, image, out, _safe_name(res.id, res.index)))
+        summary["complete"] = True
+    finally:  # an interrupted run keeps what it wrote, listed
+        (out / "discover.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+_PALETTE = np.array([(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48),
+                     (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60)], dtype=float)
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def _overlay(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 image, (K, H, W) bool masks -> the image with each mask tinted in its colour
+    and outlined (the outline keeps small masks visible)."""
+    out = image.astype(float)
+    for k, m in enumerate(masks):
+        colour = _PALETTE[k % len(_PALETTE)]
+        out[m] = 0.45 * out[m] + 0.55 * colour
+        inner = m.copy()
+        inner[1:] &= m[:-1]
+        inner[:-1] &= m[1:]
+        inner[:, 1:] &= m[:, :-1]
+        inner[:, :-1] &= m[:, 1:]
+        out[m & ~inner] = colour
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _write_objects(res, image: np.ndarray, out: Path, stem: str) -> dict:
+    masks = res.masks
+    entry = {"id": res.id, "index": res.index, "size": list(res.size),
+             "stop_reason": res.stop_reason, "overlay": f"overlays/{stem}.png", "masks": []}
+    for k, m in enumerate(masks):
+        rel = f"masks/{stem}_{k}.png"
+        _save_png(m.astype(np.uint8) * 255, out / rel)
+        entry["masks"].append({"file": rel, "area": int(res.areas[k]),
+                               "bbox": [int(v) for v in res.boxes[k]],
+                               "score": float(res.scores[k]), "ncut": float(res.ncut[k]),
+                               "eigenvalue": float(res.eigenvalues[k]),
+                               "patches": int(res.patch_masks[k].sum())})
+    _save_png(_overlay(image, masks), out / entry["overlay"])
+    return entry

@@ -209,6 +209,9 @@ def rosetta(models, images=None, *, generator=None, n_generated: int = 64, seed:
             raise InputError("give either images or a generator, not both")
         source: ImageSource = GeneratedImages(gen, n=n_generated, seed=seed)
         models = [gen] + models
+    elif isinstance(images, GeneratedImages):  # a generator with chosen latents
+        source = images
+        models = [source.generator] + models
     else:
         if images is None:
             raise InputError("rosetta needs images (a folder, synthetic:scenes, ...) or a generator")

@@ -10,12 +10,11 @@ import numpy as np
 import typer
 
 from ..errors import ZoolensError
+from ..analyses.objects import _save_png
 from ._app import SPECS_HELP, app, console, emit_json, fail, setup_logging
 
 _IMAGES_HELP = "folder, CSV of path,label, .txt of paths, or synthetic:scenes?n=16&size=64&seed=0"
 # Mask colours of the overlays (object 1, 2, ...), cycled.
-_PALETTE = np.array([(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48),
-                     (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60)], dtype=float)
 
 
 def _load(spec: str, no_pretrained: bool, device: Optional[str]):
@@ -28,33 +27,6 @@ def _workers(workers: Optional[int]) -> int:
     from ..engine import default_workers
 
     return default_workers() if workers is None else workers
-
-
-def _save_png(array: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-
-
-def _overlay(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 image, (K, H, W) bool masks -> the image with each mask tinted in its colour
-    and outlined (the outline keeps small masks visible)."""
-    out = image.astype(float)
-    for k, m in enumerate(masks):
-        colour = _PALETTE[k % len(_PALETTE)]
-        out[m] = 0.45 * out[m] + 0.55 * colour
-        inner = m.copy()
-        inner[1:] &= m[:-1]
-        inner[:-1] &= m[1:]
-        inner[:, 1:] &= m[:, :-1]
-        inner[:, :-1] &= m[:, 1:]
-        out[m & ~inner] = colour
-    return np.clip(out, 0, 255).astype(np.uint8)
-
-
-def _skipped_at_listing(source) -> list[dict]:
-    return [dict(s) for s in getattr(source, "skipped_at_listing", [])]
 
 
 @app.command()
@@ -76,36 +48,15 @@ def discover(model: str = typer.Option(..., "--model", "-m", help=SPECS_HELP),
              verbose: bool = typer.Option(False, "--verbose", "-v")):
     """Find up to N objects per image without labels (TokenCut / MaskCut on patch features):
     one PNG mask per object, an overlay per image, and DIR/discover.json."""
-    from ..analyses.objects import _fallback_note, _safe_name, iter_discover, patch_layer
-    from ..sources import open_source
+    from ..analyses.objects import write_discovery
 
     setup_logging(verbose)
     out = Path(out)
     try:
         net = _load(model, no_pretrained, device)
-        source = open_source(images)
-        pl = patch_layer(net, layer, features=features)
-        note = _fallback_note(net, pl, features)
-        info = net.layer(pl.layer)
-        summary = {"model": model, "layer": pl.layer, "feature": pl.feature,
-                   "channels": [pl.channels.start, pl.channels.stop], "features": features,
-                   "grid": list(info.grid), "input_size": list(net.input_size), "tau": tau,
-                   "eps": eps, "objects": objects, "notes": [note] if note else [],
-                   "images": [], "skipped": _skipped_at_listing(source), "complete": False}
-        results = iter_discover(net, source, layer=layer, features=features, objects=objects,
-                                tau=tau, eps=eps, batch_size=batch_size,
-                                num_workers=_workers(workers), keep_images=True, progress=True)
-        out.mkdir(parents=True, exist_ok=True)
-        try:
-            for res, image in results:
-                if res.skipped:
-                    summary["skipped"].append({"index": res.index, "id": res.id,
-                                               "reason": res.skipped})
-                    continue
-                summary["images"].append(_write_objects(res, image, out, _safe_name(res.id, res.index)))
-            summary["complete"] = True
-        finally:  # an interrupted run keeps what it wrote, listed
-            (out / "discover.json").write_text(json.dumps(summary, indent=1))
+        summary = write_discovery(net, images, out, layer=layer, features=features,
+                                  objects=objects, tau=tau, eps=eps, batch_size=batch_size,
+                                  num_workers=_workers(workers), progress=True)
     except (ZoolensError, ImportError) as exc:
         fail(exc)
     except KeyboardInterrupt:
@@ -118,25 +69,9 @@ def discover(model: str = typer.Option(..., "--model", "-m", help=SPECS_HELP),
     for n in summary["notes"]:
         console.print(f"[yellow]note:[/] {n}")
     console.print(f"[green]done:[/] {n_masks} masks in {len(summary['images'])} images "
-                  f"({pl.feature} of {pl.layer}) -> {out}"
+                  f"({summary['feature']} of {summary['layer']}) -> {out}"
                   + (f"; {len(summary['skipped'])} skipped" if summary["skipped"] else ""))
     emit_json(summary, as_json)
-
-
-def _write_objects(res, image: np.ndarray, out: Path, stem: str) -> dict:
-    masks = res.masks
-    entry = {"id": res.id, "index": res.index, "size": list(res.size),
-             "stop_reason": res.stop_reason, "overlay": f"overlays/{stem}.png", "masks": []}
-    for k, m in enumerate(masks):
-        rel = f"masks/{stem}_{k}.png"
-        _save_png(m.astype(np.uint8) * 255, out / rel)
-        entry["masks"].append({"file": rel, "area": int(res.areas[k]),
-                               "bbox": [int(v) for v in res.boxes[k]],
-                               "score": float(res.scores[k]), "ncut": float(res.ncut[k]),
-                               "eigenvalue": float(res.eigenvalues[k]),
-                               "patches": int(res.patch_masks[k].sum())})
-    _save_png(_overlay(image, masks), out / entry["overlay"])
-    return entry
 
 
 def _colormap(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -205,7 +140,7 @@ def visualize(model: str = typer.Option(..., "--model", "-m", help=SPECS_HELP),
                "grid": list(vis.grid), "input_size": list(vis.input_size),
                "threshold": vis.threshold, "heads": vis.heads, "notes": vis.notes,
                "arrays": "visualize.npz", "images": entries,
-               "skipped": _skipped_at_listing(source) + vis.skipped}
+               "skipped": [dict(x) for x in source.skipped_at_listing] + vis.skipped}
     arrays = {"rgb": vis.rgb, "foreground": vis.foreground} if kind == "pca" \
         else {"attention": vis.attention}
     np.savez_compressed(out / "visualize.npz", ids=np.array(vis.ids), **arrays)
