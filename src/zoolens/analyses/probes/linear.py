@@ -260,7 +260,7 @@ class LinearProbe:
             for start in range(0, len(val_rows), _EVAL_ROWS):
                 part = val_rows[start:start + _EVAL_ROWS]
                 x = x_all[torch.from_numpy(part).to(dev)]
-                logits = (x @ weights[name] + biases[name]).view(len(part), n_lr, n_cls)
+                logits = torch.addmm(biases[name], x, weights[name]).view(len(part), n_lr, n_cls)
                 pred = logits.argmax(2).cpu().numpy()  # first maximum: lowest class on ties
                 correct += (pred == y_val[start:start + len(part), None]).sum(0)
             for j, lr in enumerate(lrs):
@@ -321,7 +321,7 @@ class LinearProbe:
         one (B, d) x (d, L * C) product and its transpose give every head's gradient.
         """
         bsz = x.shape[0]
-        logits = (x @ w + b).view(bsz, n_lr, n_cls)
+        logits = torch.addmm(b, x, w).view(bsz, n_lr, n_cls)
         g = torch.softmax(logits, dim=2)
         g[torch.arange(bsz, device=x.device), :, y] -= 1.0  # d(CE)/d(logits) = p - onehot
         g = g.view(bsz, n_lr * n_cls) / bsz
@@ -330,8 +330,8 @@ class LinearProbe:
             grad_w.add_(w, alpha=float(self.weight_decay))
         w_buf.mul_(0.9).add_(grad_w)
         b_buf.mul_(0.9).add_(g.sum(0))
-        w.sub_(w_buf * lr_cols)
-        b.sub_(b_buf * lr_cols)
+        w.addcmul_(w_buf, lr_cols, value=-1.0)  # lr_cols broadcasts over rows: per-head lr
+        b.addcmul_(b_buf, lr_cols, value=-1.0)
 
     # ------------------------------------------------------------------ predict
 

@@ -1,0 +1,145 @@
+"""`zoolens demo`: every analysis on the built-in demo zoo, offline, in a few minutes on a CPU.
+
+1. Rosetta mining across the zoo, generator included: held-out scenes are encoded into the
+   VAE's latent space and decoded by the generator, which is tapped while it draws them, so
+   the images keep their scenes' ground truth; the classifier and the ViT look at them.
+   Every concept is scored against the ground-truth masks (shape, colour, background, object,
+   edges) by IoU: the mined concepts mean something, in numbers.
+2. CKA between the classifier and the ViT, layer by layer.
+3. The probe leaderboard (k-NN, linear heads, LogME) on held-out scenes.
+4. Object discovery with the ViT, each image's masks scored against its objects.
+5. One HTML report of it all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..sources.generated import GeneratedImages
+from ..sources.synthetic import SyntheticScenes
+from .zoo import DEMO_ZOO
+
+__all__ = ["run_demo", "scene_latents"]
+
+log = logging.getLogger("zoolens")
+
+_SEEDS = {"rosetta": 101, "compare": 102, "train": 103, "test": 104, "discover": 105}
+
+
+def scene_latents(generator, scenes: SyntheticScenes, *, steps: int = 150,
+                  seed: int = 0) -> torch.Tensor:
+    """Latents whose decodings reproduce `scenes`: the VAE's encoder where the zoo ships one,
+    else a seeded inversion through the decoder (Adam on ||G(z) - x||^2 + 1e-3 ||z||^2)."""
+    x = torch.stack([torch.as_tensor(scenes.scene(i).image) for i in range(len(scenes))])
+    x = x.permute(0, 3, 1, 2).float() / 127.5 - 1.0  # the generator's [-1, 1]
+    from . import zoo
+
+    if hasattr(zoo, "encoder"):
+        enc = zoo.encoder(pretrained=True)
+        module = enc["module"] if isinstance(enc, dict) else enc
+        with torch.inference_mode():
+            return module.eval()(x).detach().float()
+    g = torch.Generator().manual_seed(seed)
+    z = (0.1 * torch.randn(len(x), *generator.input_shape, generator=g)).requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=0.05)
+    net = generator.module
+    for p in net.parameters():
+        p.requires_grad_(False)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = ((net(z) - x) ** 2).mean() + 1e-3 * (z ** 2).mean()
+        loss.backward()
+        opt.step()
+    return z.detach()
+
+
+def _discovery_scores(summary: dict, scenes: SyntheticScenes, out: Path) -> dict:
+    """Per image, the best IoU of any discovered mask with any ground-truth object."""
+    from PIL import Image
+
+    best = []
+    for entry in summary["images"]:
+        scene = scenes.scene(entry["index"])
+        objects = [scene.instances == k + 1 for k in range(len(scene.shapes))]
+        ious = [0.0]
+        for m in entry["masks"]:
+            mask = np.asarray(Image.open(out / m["file"])) > 127
+            ious += [float((mask & o).sum() / max((mask | o).sum(), 1)) for o in objects]
+        best.append(max(ious))
+    return {"images": len(best), "mean_best_iou": round(float(np.mean(best)), 4) if best else None,
+            "best_iou_per_image": [round(v, 4) for v in best]}
+
+
+def run_demo(out: str | Path = "zoolens-demo", *, images: int = 64, device=None,
+             pretrained: bool = True, progress: bool = True) -> Path:
+    """Run the whole demo into `out` and return the path of `out/report.html`.
+    `pretrained=False` runs the same pipeline on untrained networks (for tests)."""
+    import zoolens
+    from ..analyses.compare import compare, plot_matrix
+    from ..analyses.concept_scores import score_concepts
+    from ..analyses.objects import write_discovery
+    from ..report.html import build_report
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    models = {name: zoolens.load(spec, pretrained=pretrained, device=device, name=name)
+              for name, spec in DEMO_ZOO.items()}
+
+    # 1. Rosetta neurons, the generator drawing encoded held-out scenes
+    start = time.perf_counter()
+    scenes = SyntheticScenes(n=images, size=64, seed=_SEEDS["rosetta"])
+    latents = scene_latents(models["generator"], scenes)
+    drawn = GeneratedImages(models["generator"], latents=latents, ids=scenes.ids)
+    result = zoolens.rosetta([models["classifier"], models["ssl_vit"]], drawn, layers="blocks",
+                             concepts=6, batch_size=32, num_workers=0, progress=progress,
+                             out=out / "rosetta")
+    scores = score_concepts(result, scenes, out / "rosetta")
+    saved = json.loads((out / "rosetta" / "rosetta.json").read_text())
+    saved["concept_scores"] = scores
+    (out / "rosetta" / "rosetta.json").write_text(json.dumps(saved, indent=1))
+    timings["rosetta"] = time.perf_counter() - start
+
+    # 2. CKA between the classifier and the ViT
+    start = time.perf_counter()
+    cmp = compare(models["classifier"], models["ssl_vit"],
+                  f"synthetic:scenes?n={images}&size=64&seed={_SEEDS['compare']}",
+                  metric="cka", num_workers=0, progress=progress)
+    (out / "compare").mkdir(exist_ok=True)
+    (out / "compare" / "compare.json").write_text(cmp.to_json(indent=1))
+    plot_matrix(cmp, out / "compare" / "compare.png")
+    timings["compare"] = time.perf_counter() - start
+
+    # 3. The probe leaderboard
+    start = time.perf_counter()
+    zoolens.probe([models["classifier"], models["ssl_vit"]],
+                  f"synthetic:scenes?n=256&size=64&seed={_SEEDS['train']}",
+                  f"synthetic:scenes?n=128&size=64&seed={_SEEDS['test']}",
+                  methods=("knn", "linear", "logme"), k=(10, 20), out=out / "probe",
+                  linear_options={"epochs": 50},
+                  num_workers=0, progress=progress)
+    timings["probe"] = time.perf_counter() - start
+
+    # 4. Object discovery with the self-supervised ViT
+    start = time.perf_counter()
+    found = SyntheticScenes(n=12, size=64, seed=_SEEDS["discover"])
+    summary = write_discovery(models["ssl_vit"], found, out / "discover", objects=3,
+                              progress=progress)
+    summary["ground_truth"] = _discovery_scores(summary, found, out / "discover")
+    (out / "discover" / "discover.json").write_text(json.dumps(summary, indent=1))
+    timings["discover"] = time.perf_counter() - start
+
+    timings["total"] = time.perf_counter() - t0
+    demo = {"zoo": DEMO_ZOO, "images": images, "seeds": _SEEDS,
+            "seconds": {k: round(v, 1) for k, v in timings.items()},
+            "concept_scores": scores, "discovery": summary["ground_truth"],
+            "torch_threads": torch.get_num_threads()}
+    (out / "demo.json").write_text(json.dumps(demo, indent=1))
+    return build_report(out, out / "report.html", title="zoolens demo")
