@@ -2,7 +2,7 @@
 and printing."""
 
 from ._app import app
-from . import compare, discover, extract, probe, rosetta  # noqa: F401  (each registers commands)
+from . import compare, demo, discover, extract, probe, report, rosetta  # noqa: F401  (registers commands)
 
 __all__ = ["app"]
 

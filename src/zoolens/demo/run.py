@@ -120,8 +120,8 @@ def run_demo(out: str | Path = "zoolens-demo", *, images: int = 64, device=None,
     # 3. The probe leaderboard
     start = time.perf_counter()
     zoolens.probe([models["classifier"], models["ssl_vit"]],
-                  f"synthetic:scenes?n=256&size=64&seed={_SEEDS['train']}",
-                  f"synthetic:scenes?n=128&size=64&seed={_SEEDS['test']}",
+                  f"synthetic:scenes?n={4 * images}&size=64&seed={_SEEDS['train']}",
+                  f"synthetic:scenes?n={2 * images}&size=64&seed={_SEEDS['test']}",
                   methods=("knn", "linear", "logme"), k=(10, 20), out=out / "probe",
                   linear_options={"epochs": 50},
                   num_workers=0, progress=progress)
@@ -129,7 +129,7 @@ def run_demo(out: str | Path = "zoolens-demo", *, images: int = 64, device=None,
 
     # 4. Object discovery with the self-supervised ViT
     start = time.perf_counter()
-    found = SyntheticScenes(n=12, size=64, seed=_SEEDS["discover"])
+    found = SyntheticScenes(n=max(4, images // 4), size=64, seed=_SEEDS["discover"])
     summary = write_discovery(models["ssl_vit"], found, out / "discover", objects=3,
                               progress=progress)
     summary["ground_truth"] = _discovery_scores(summary, found, out / "discover")
