@@ -24,7 +24,7 @@ from .taps import first_tensor, hooks, pool
 from .zoo.model import Model
 from .zoo.registry import resolve_device
 
-__all__ = ["Batch", "Sink", "Request", "RunSummary", "run", "plan_batches"]
+__all__ = ["Batch", "Sink", "Request", "RunSummary", "run", "plan_batches", "progress_bar"]
 
 log = logging.getLogger("zoolens")
 
@@ -142,7 +142,7 @@ def run(models: Sequence[Model], source: ImageSource, request: Request, sinks: S
     else:
         workers = default_workers() if num_workers is None else num_workers
         feed = _decoded(source, models, batches, workers, device)
-    bar = _progress(len(indices), progress)
+    bar = progress_bar(len(indices), progress)
     start = time.perf_counter()
     try:
         for batch_indices, inputs, features, bad, notes in feed:
@@ -208,20 +208,8 @@ def _forward(model: Model, x: torch.Tensor, wanted: dict[str, set[str]], infos, 
     return out, result
 
 
-class _NoBar:
-    def update(self, n):
-        pass
-
-    def set_postfix(self, **kw):
-        pass
-
-    def close(self):
-        pass
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
+def progress_bar(total: int, enabled: bool = True, desc: str = "extracting"):
+    """The one progress bar of zoolens (tqdm: terminal or notebook), silent when disabled."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="img", desc="extracting", dynamic_ncols=True)
+    return tqdm(total=total, unit="img", desc=desc, dynamic_ncols=True, disable=not enabled)

@@ -37,6 +37,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..engine import progress_bar
 from ..errors import InputError, UnknownLayerError
 from ..sources import BadImage, ImageSource, open_source
 from ..taps import TapInfo, first_tensor, hooks, pool
@@ -401,7 +402,7 @@ def _stream(model, source: ImageSource, *, batch_size: int, num_workers: int,
     dataset = _Decode(source, model.preprocess, model.input_size, keep_images)
     loader = DataLoader(dataset, batch_size=batch_size,
                         shuffle=False, num_workers=num_workers, collate_fn=_collate)
-    bar = _progress(len(source), progress, desc)
+    bar = progress_bar(len(source), progress, desc)
     try:
         for items in loader:
             good = [it for it in items if it[1] is not None]
@@ -421,12 +422,6 @@ def _stream(model, source: ImageSource, *, batch_size: int, num_workers: int,
             bar.update(len(items))
     finally:
         bar.close()
-
-
-def _progress(total: int, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="img", desc=desc, dynamic_ncols=True, disable=not enabled)
 
 
 def _patch_features(model, pl: PatchLayer, info: TapInfo, x: torch.Tensor) -> np.ndarray:

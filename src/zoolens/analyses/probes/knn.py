@@ -36,6 +36,7 @@ import torch
 
 from ..._validation import as_features, as_labels
 from ...errors import InputError, NotFittedError
+from ...zoo.registry import resolve_device
 
 __all__ = [
     "knn_scores",
@@ -117,12 +118,6 @@ def _lookup(classes: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 # --------------------------------------------------------------------------------------------
 # Core
 # --------------------------------------------------------------------------------------------
-
-def _resolve_device(device) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
 
 def _normalize(x: np.ndarray, name: str, device: torch.device, stacklevel: int = 4) -> torch.Tensor:
     """Unit-norm float32 rows on `device`; zero rows stay zero (similarity 0 to everything)."""
@@ -249,7 +244,7 @@ def _prepare(train, train_labels, test, k, temperature, num_classes, chunk_size,
         raise InputError(f"temperature: expected a positive number, got {temperature}")
     ks, eff = _resolve_ks(k, train.shape[0])
     classes, codes = _encode_labels(labels, num_classes)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     chunk = _default_chunk(train.shape[0], dev) if chunk_size is None else int(chunk_size)
     if chunk < 1:
         raise InputError(f"chunk_size: expected a positive integer, got {chunk_size}")
@@ -398,7 +393,7 @@ class KNNProbe:
         y = as_labels(labels, "labels", n=x.shape[0])
         self.classes_, codes = _encode_labels(y, None)
         self.n_features_in_ = x.shape[1]
-        dev = _resolve_device(self.device)
+        dev = resolve_device(self.device)
         self._train_t = _normalize(x, "train", dev, stacklevel=3)
         self._codes_t = torch.from_numpy(codes).to(dev)
         self._device = dev

@@ -34,6 +34,7 @@ import torch
 from ..._validation import as_features, as_labels
 from ...errors import InputError, NotFittedError
 from .knn import top_k_accuracy  # the shared metric lives in knn.py
+from ...zoo.registry import resolve_device
 
 __all__ = ["LinearProbe", "LogisticProbe", "LinearProbeResult", "DINOV2_LEARNING_RATES",
            "top_k_accuracy"]
@@ -99,7 +100,22 @@ def _stratified_split(codes: np.ndarray, fraction: float,
     return np.flatnonzero(mask), val
 
 
-class LinearProbe:
+class _Classifier:
+    """`predict` and `score` from a subclass's `predict_scores` and `classes_`."""
+
+    def predict(self, features) -> np.ndarray:
+        """(m,) predicted labels (values of the training labels)."""
+        scores = self.predict_scores(features)  # raises NotFittedError first
+        return self.classes_[np.argmax(scores, axis=1)]
+
+    def score(self, features, labels, top_k: int = 1) -> float:
+        """Top-`top_k` accuracy; labels absent from training count as wrong."""
+        s = self.predict_scores(features)
+        return top_k_accuracy(s, as_labels(labels, "labels", n=s.shape[0]), top_k,
+                              classes=self.classes_)
+
+
+class LinearProbe(_Classifier):
     """A grid of linear heads (feature choice x learning rate) trained in one pass; the best
     head on a held-out validation split is kept.
 
@@ -211,8 +227,7 @@ class LinearProbe:
             raise InputError(f"labels: {n} samples are too few to hold out a validation split "
                              f"of {self.val_fraction}; every class needs at least 2 samples")
         lrs = self._lrs()
-        dev = torch.device(self.device if self.device is not None else
-                           ("cuda" if torch.cuda.is_available() else "cpu"))
+        dev = resolve_device(self.device)
         n_cls = len(classes)
         n_lr = len(lrs)
         gen = torch.Generator().manual_seed(int(self.seed))
@@ -368,19 +383,9 @@ class LinearProbe:
             out[start:start + len(part)] = (t @ self._w + self._b).double().cpu().numpy()
         return out
 
-    def predict(self, features) -> np.ndarray:
-        """(m,) predicted labels (values of the training labels)."""
-        scores = self.predict_scores(features)
-        return self.classes_[np.argmax(scores, axis=1)]
-
-    def score(self, features, labels, top_k: int = 1) -> float:
-        """Top-`top_k` accuracy of the chosen head; labels absent from training count as wrong."""
-        s = self.predict_scores(features)
-        return top_k_accuracy(s, as_labels(labels, "labels", n=s.shape[0]), top_k,
-                              classes=self.classes_)
 
 
-class LogisticProbe:
+class LogisticProbe(_Classifier):
     """CLIP_benchmark-style alternative: L2-regularised multinomial logistic regression
     (scikit-learn, L-BFGS) on standardised features, the weight decay picked on a stratified,
     seeded validation split of the training rows, then refit on all training rows with it
@@ -460,16 +465,6 @@ class LogisticProbe:
         s = self.model_.decision_function(self._scale(x))
         return np.stack([-s, s], 1) / 2 if s.ndim == 1 else s  # binary: one column -> two
 
-    def predict(self, features) -> np.ndarray:
-        """(m,) predicted labels."""
-        scores = self.predict_scores(features)
-        return self.classes_[np.argmax(scores, axis=1)]
-
-    def score(self, features, labels, top_k: int = 1) -> float:
-        """Top-`top_k` accuracy."""
-        s = self.predict_scores(features)
-        return top_k_accuracy(s, as_labels(labels, "labels", n=s.shape[0]), top_k,
-                              classes=self.classes_)
 
 
 def _head_name(feature: str, lr: float) -> str:
