@@ -19,9 +19,7 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	touch $@
 
 demo: venv
-	$(BIN)/zoolens extract --no-pretrained --model timm:resnet18 \
-	    --model 'timm:vit_tiny_patch16_224?img_size=64&reg_tokens=4' \
-	    --images 'synthetic:scenes?n=64&size=64&seed=0' --layers blocks --out zoolens-demo/features
+	$(BIN)/zoolens demo --out zoolens-demo
 
 test: venv
 	$(BIN)/python -m pytest -q

@@ -32,7 +32,7 @@ log = logging.getLogger("zoolens")
 _SEEDS = {"rosetta": 101, "compare": 102, "train": 103, "test": 104, "discover": 105}
 
 
-def scene_latents(generator, scenes: SyntheticScenes, *, steps: int = 150,
+def scene_latents(generator, scenes: SyntheticScenes, *, steps: int = 40,
                   seed: int = 0) -> torch.Tensor:
     """Latents whose decodings reproduce `scenes`: the VAE's encoder where the zoo ships one,
     else a seeded inversion through the decoder (Adam on ||G(z) - x||^2 + 1e-3 ||z||^2)."""
@@ -47,7 +47,7 @@ def scene_latents(generator, scenes: SyntheticScenes, *, steps: int = 150,
             return module.eval()(x).detach().float()
     g = torch.Generator().manual_seed(seed)
     z = (0.1 * torch.randn(len(x), *generator.input_shape, generator=g)).requires_grad_(True)
-    opt = torch.optim.Adam([z], lr=0.05)
+    opt = torch.optim.Adam([z], lr=0.1)  # 40 steps: MSE 0.127 vs 0.109 at 150, 0.185 at z = 0
     net = generator.module
     for p in net.parameters():
         p.requires_grad_(False)
