@@ -84,10 +84,10 @@ class TrainConfig:
     vit_gray: float = 0.2  # probability that a view is grayscale
     vit_recolor: float = 0.4  # probability that a view's objects get their RGB channels permuted
     # generator
-    vae_epochs: int = 5
+    vae_epochs: int = 8
     vae_batch: int = 128
     vae_lr: float = 2e-3
-    vae_beta: float = 0.2  # KL weight against a summed squared error over [-1, 1] pixels
+    vae_beta: float = 0.5  # KL weight against a summed squared error over [-1, 1] pixels
     n_knn_train: int = 3000  # k-NN metric: training scenes used as the neighbour bank
 
 
@@ -461,13 +461,13 @@ def deterministic(threads: int):
 def train_all(cfg: TrainConfig = TrainConfig(), out: str | Path | None = None,
               only: tuple[str, ...] = MODELS, log=print) -> dict:
     """Train the models in `only`; write `<name>.pt` and `manifest.json` under `out` (None:
-    write nothing). Returns the manifest: per model its digest, size, metrics and seconds."""
+    write nothing; entries of models not retrained are kept). Returns the manifest: per model
+    its tensor digest, parameter count, metrics, seconds and the settings it was trained with."""
     assert tuple(demo.SHAPE_CLASSES) == tuple(SHAPES) and tuple(demo.COLOR_CLASSES) == tuple(COLORS)
     out = Path(out) if out is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    manifest = {"config": asdict(cfg), "torch": torch.__version__, "models": {}}
-    start = time.perf_counter()
+    manifest = {"models": {}}
     with deterministic(cfg.threads), torch.random.fork_rng(devices=[]):
         t0 = time.perf_counter()
         train, val = render(cfg.n_train, cfg.train_seed), render(cfg.n_val, cfg.val_seed)
@@ -493,10 +493,15 @@ def train_all(cfg: TrainConfig = TrainConfig(), out: str | Path | None = None,
             manifest["models"][name] = {
                 "file": f"{name}.pt", "sha256_tensors": digest,
                 "params": int(sum(v.numel() for k, v in state.items() if v.is_floating_point())),
-                "metrics": metrics, "seconds": round(seconds, 1)}
+                "metrics": metrics, "seconds": round(seconds, 1), "torch": torch.__version__,
+                "config": asdict(cfg)}
             log(f"{name}: {json.dumps(metrics)} ({seconds:.0f}s)")
-    manifest["seconds_total"] = round(time.perf_counter() - start, 1)
     if out is not None:
+        old = out / "manifest.json"
+        if old.is_file():
+            kept = json.loads(old.read_text()).get("models", {})
+            manifest["models"] = {**{k: v for k, v in kept.items() if k in MODELS},
+                                  **manifest["models"]}
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 

@@ -31,11 +31,18 @@ MODELS = ("classifier", "ssl_vit", "generator")
 
 @pytest.fixture(scope="module")
 def scenes():
-    """256 held-out scenes: (images (256, 3, 64, 64) uint8, shape label indices (256,))."""
-    src = open_source("synthetic:scenes?n=256&size=64&seed=0")
+    """640 held-out scenes: (source, images (640, 3, 64, 64) uint8, shape label indices (640,))."""
+    src = open_source("synthetic:scenes?n=640&size=64&seed=0")
     imgs = np.stack([np.asarray(src.decode(i).image) for i in range(len(src))])
     labels = np.array([SHAPES.index(lab) for lab in src.labels])
     return src, torch.from_numpy(imgs).permute(0, 3, 1, 2), labels
+
+
+def _normalize01(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] images -> ImageNet-normalised, as the classifier's preprocessing gives."""
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    return (x - mean) / std
 
 
 def _inputs(model, src, n):
@@ -101,40 +108,77 @@ def test_classifier_beats_chance(scenes):
 
 
 def test_ssl_vit_knn_beats_chance(scenes):
-    """Frozen CLS features, DINO k-NN: bank = scenes 0..191, queries = 192..255."""
+    """Frozen CLS features, DINO k-NN (k=10): bank = scenes 0..511, queries = 512..639.
+    Chance is ~0.25 and a randomly initialised copy scores ~0.34 (its conv stem already sees
+    some shape); the trained model scores ~0.52 here (0.53 with a 3000-scene bank in the
+    script). The label is the largest object's shape while SimCLR features also describe the
+    second object, so k-NN on this label stays well below the supervised classifier."""
     src, _, labels = scenes
     model = zoolens.load(DEMO_ZOO["ssl_vit"], device="cpu")
     info = model.layer("blocks.3")
     assert (info.layout, info.prefix_tokens, info.grid, info.channels) == ("tokens", 1, (8, 8), 64)
-    with torch.no_grad():
-        feats = model.forward(_inputs(model, src, 256)).numpy()
-    pred = knn_classify(feats[:192], labels[:192], feats[192:], k=10)
-    acc = float(np.mean(pred == labels[192:]))
+    assert model.blocks == [f"blocks.{i}" for i in range(4)]
     rand = zoolens.load(DEMO_ZOO["ssl_vit"], pretrained=False, device="cpu")
-    with torch.no_grad():
-        rfeats = rand.forward(_inputs(rand, src, 256)).numpy()
-    racc = float(np.mean(knn_classify(rfeats[:192], labels[:192], rfeats[192:], k=10) == labels[192:]))
-    assert acc > 0.5, (acc, racc)
+    accs = []
+    for m in (model, rand):
+        with torch.no_grad():
+            feats = m.forward(_inputs(m, src, 640)).numpy()
+        pred = knn_classify(feats[:512], labels[:512], feats[512:], k=10)
+        accs.append(float(np.mean(pred == labels[512:])))
+    acc, racc = accs
+    assert acc > 0.45, (acc, racc)
     assert acc > racc + 0.1, (acc, racc)
 
 
+def _frechet(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to the rows of a and b (float64)."""
+    from scipy import linalg
+
+    ridge = 1e-6 * np.eye(a.shape[1])  # dead ReLU units make the covariances singular
+    ca, cb = np.cov(a, rowvar=False) + ridge, np.cov(b, rowvar=False) + ridge
+    return float(((a.mean(0) - b.mean(0)) ** 2).sum()
+                 + np.trace(ca + cb - 2 * linalg.sqrtm(ca @ cb).real))
+
+
+def _tv(x: torch.Tensor) -> float:
+    """Mean absolute difference of neighbouring pixels: ~0.06 for scenes, ~0.3 for noise."""
+    return float((x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., 1:] - x[..., :-1]).abs().mean())
+
+
 def test_generator_samples(scenes):
-    _, imgs, _ = scenes
-    model = zoolens.load(DEMO_ZOO["generator"], device="cpu")
-    assert model.is_generator and model.input_shape == (32,)
-    assert model.adapter.output_range == (-1.0, 1.0)
-    z = torch.randn(64, 32, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        x = model.forward(z)
-    assert x.shape == (64, 3, 64, 64)
-    assert x.min() >= -1 and x.max() <= 1
-    assert float(x.flatten(1).std(1).min()) > 0.05  # no flat image
-    assert float(x.std(0).mean()) > 0.1  # samples differ from one another
-    # colour statistics follow the training data: per-channel mean and spread within 0.1
-    data = imgs.float() / 127.5 - 1
-    np.testing.assert_allclose(x.mean((0, 2, 3)), data.mean((0, 2, 3)), atol=0.1)
-    np.testing.assert_allclose(x.std((0, 2, 3)), data.std((0, 2, 3)), atol=0.1)
-    pil = GeneratedImages(model, n=2).decode(1).image
+    """Prior samples are scene-like where a random decoder's are not: same mean colour, smooth
+    (blobs, not noise), and in the classifier's feature space much nearer the real scenes."""
+    src, imgs, _ = scenes
+    data = imgs[:256].float() / 127.5 - 1  # [-1, 1], the generator's output range
+    clf = zoolens.load(DEMO_ZOO["classifier"], device="cpu")
+    z = torch.randn(128, 32, generator=torch.Generator().manual_seed(0))
+
+    def feats(x):  # pooled classifier features of [-1, 1] images
+        with torch.no_grad():
+            return clf.module.forward_features(_normalize01((x + 1) / 2)).double().numpy()
+
+    real = feats(data[128:])
+    dist = {}
+    for pretrained in (True, False):
+        model = zoolens.load(DEMO_ZOO["generator"], pretrained=pretrained, device="cpu")
+        with torch.no_grad():
+            x = model.forward(z)
+        dist[pretrained] = _frechet(feats(x), real)
+        if pretrained:
+            assert model.is_generator and model.input_shape == (32,)
+            assert model.adapter.output_range == (-1.0, 1.0)
+            assert model.blocks == [f"blocks.{i}" for i in range(4)]
+            assert x.shape == (128, 3, 64, 64)
+            assert x.min() >= -1 and x.max() <= 1
+            assert float(x.flatten(1).std(1).min()) > 0.05  # no flat image
+            assert float(x.std(0).mean()) > 0.1  # samples differ from one another
+            np.testing.assert_allclose(x.mean((0, 2, 3)), data.mean((0, 2, 3)), atol=0.1)
+            assert 0.25 < _tv(x) / _tv(data) < 2.0
+        else:  # the checks above have teeth: a random decoder fails them
+            assert float((x.mean((0, 2, 3)) - data.mean((0, 2, 3))).abs().max()) > 0.1
+            assert _tv(x) / _tv(data) > 2.0
+    assert dist[True] < 0.5 * dist[False], dist
+    pil = GeneratedImages(zoolens.load(DEMO_ZOO["generator"], device="cpu"), n=2).decode(1).image
     assert pil.size == (64, 64) and pil.mode == "RGB"
 
 

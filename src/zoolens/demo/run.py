@@ -99,6 +99,7 @@ def run_demo(out: str | Path = "zoolens-demo", *, images: int = 64, device=None,
     latents = scene_latents(models["generator"], scenes)
     drawn = GeneratedImages(models["generator"], latents=latents, ids=scenes.ids)
     result = zoolens.rosetta([models["classifier"], models["ssl_vit"]], drawn, layers="blocks",
+                             mode="relaxed", k=5,
                              concepts=6, batch_size=32, num_workers=0, progress=progress,
                              out=out / "rosetta")
     scores = score_concepts(result, scenes, out / "rosetta")
