@@ -5,11 +5,9 @@ text tower; the forward pass runs `encode_image`."""
 
 from __future__ import annotations
 
-import difflib
-
 from ..errors import UnknownModelError
 from ._preprocess import output_size
-from .registry import AdapterResult, register_source
+from .registry import AdapterResult, register_source, unknown_model
 
 
 def _list() -> list[str]:
@@ -29,10 +27,7 @@ def open_clip_source(name: str, *, pretrained: bool = True, weights: str | None 
 
     arch, _, tag = name.partition("/")
     if arch not in open_clip.list_models():
-        close = difflib.get_close_matches(arch, open_clip.list_models(), n=5)
-        raise UnknownModelError(f"unknown open_clip model {arch!r}" +
-                                (f"; did you mean {', '.join(close)}?" if close else "") +
-                                " (list them: zoolens models 'open_clip:*')")
+        raise unknown_model("open_clip", arch, open_clip.list_models())
     if pretrained and not weights and not tag:
         tags = open_clip.list_pretrained_tags_by_model(arch)
         raise UnknownModelError(f"open_clip:{arch} needs a pretrained tag, e.g. "

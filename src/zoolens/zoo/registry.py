@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import UnknownModelError
 
-__all__ = ["AdapterResult", "register_source", "list_sources", "parse_spec", "load", "list_models"]
+__all__ = ["AdapterResult", "unknown_model", "register_source", "list_sources", "parse_spec", "load", "list_models"]
 
 _SOURCES: dict[str, Callable[..., "AdapterResult"]] = {}
 _LISTERS: dict[str, Callable[[], list[str]]] = {}
@@ -64,6 +64,16 @@ def register_source(name: str, lister: Callable[[], list[str]] | None = None):
         return fn
 
     return decorate
+
+
+def unknown_model(source: str, name: str, known: list[str]) -> UnknownModelError:
+    """The error for a name a source does not know, with the closest names it does."""
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=5)
+    return UnknownModelError(f"unknown {source} model {name!r}" +
+                             (f"; did you mean {', '.join(close)}?" if close else "") +
+                             f" (list them: zoolens models '{source}:*')")
 
 
 def list_sources() -> list[str]:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import difflib
-
-from ..errors import UnknownModelError
 from ._preprocess import output_size
-from .registry import AdapterResult, register_source
+from .registry import AdapterResult, register_source, unknown_model
 
 
 def _list() -> list[str]:
@@ -23,10 +20,7 @@ def timm_source(name: str, *, pretrained: bool = True, weights: str | None = Non
 
     arch = name.split(".", 1)[0]
     if not timm.is_model(arch):
-        close = difflib.get_close_matches(arch, timm.list_models(), n=5)
-        raise UnknownModelError(f"unknown timm model {name!r}" +
-                                (f"; did you mean {', '.join(close)}?" if close else "") +
-                                " (list them: zoolens models 'timm:*')")
+        raise unknown_model("timm", name, timm.list_models())
     if weights:  # timm's own loading path, pointed at a local file
         kwargs["pretrained_cfg_overlay"] = dict(file=str(weights))
     model = timm.create_model(name, pretrained=pretrained or bool(weights), **kwargs)

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
-
 import torch
 
-from ..errors import UnknownModelError
 from ._preprocess import default_transform, output_size
-from .registry import AdapterResult, register_source
+from .registry import AdapterResult, register_source, unknown_model
 
 
 def _list() -> list[str]:
@@ -24,10 +21,7 @@ def torchvision_source(name: str, *, pretrained: bool = True, weights: str | Non
 
     known = _list()
     if name not in known:
-        close = difflib.get_close_matches(name, known, n=5)
-        raise UnknownModelError(f"unknown torchvision model {name!r}" +
-                                (f"; did you mean {', '.join(close)}?" if close else "") +
-                                " (list them: zoolens models 'torchvision:*')")
+        raise unknown_model("torchvision", name, known)
     try:
         default_weights = models.get_model_weights(name).DEFAULT
     except (ValueError, AttributeError):
