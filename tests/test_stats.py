@@ -153,7 +153,7 @@ def test_errors_name_the_problem():
     a, b = _maps()
     with pytest.raises(NotFittedError):
         CrossCorrelation().correlation()
-    with pytest.raises(InputError, match="same batch and spatial size"):
+    with pytest.raises(InputError, match="one spatial size"):
         CrossCorrelation().update(a, b[:, :, :4, :4])
     acc = CrossCorrelation().update(a[:2], b[:2])
     before = acc.state_dict()
@@ -270,3 +270,103 @@ def test_reduced_precision_matmul_setting_falls_back_to_float64():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _fill(a, b, 6)
+
+
+# ----------------------------------------------------------------------------------------------
+# layers at their own grids (resolution=...)
+
+
+def _resized_reference(layers, size):
+    """Each layer resized to `size` in float64 by F.interpolate (bilinear, antialiased when a
+    side shrinks), concatenated along units."""
+    out = []
+    for x in layers:
+        h, w = x.shape[-2:]
+        out.append(F.interpolate(x.double(), size=size, mode="bilinear", align_corners=False,
+                                 antialias=size[0] < h or size[1] < w))
+    return torch.cat(out, dim=1)
+
+
+def _zoo_layers(n=10, seed=0):
+    """Layers finer than, equal to and coarser than a 12x12 grid (square and not), sharing a
+    smooth signal; A's 4x4 and 6x6 layers and B's 6x6, 3x6 and 2x2 layers are coarse enough to
+    be multiplied at their own grids."""
+    g = torch.Generator().manual_seed(seed)
+    latent = torch.randn(n, 1, 3, 3, generator=g)
+
+    def layer(c, h, w, level=0.0):
+        x = torch.randn(n, c, h, w, generator=g) + level
+        x[:, :2] += 3 * F.interpolate(latent, size=(h, w), mode="bilinear", align_corners=False)
+        return x.float()
+
+    a = [layer(3, 20, 20), layer(40, 6, 6, level=50.0), layer(4, 12, 12), layer(30, 4, 4),
+         layer(25, 6, 6)]
+    b = [layer(50, 6, 6, level=-20.0), layer(5, 12, 12), layer(36, 3, 6), layer(30, 2, 2),
+         layer(3, 24, 16)]
+    return a, b
+
+
+def test_layers_at_their_own_grids_match_resized_float64_pearson():
+    from zoolens.stats import _native_grids
+
+    size = (12, 12)
+    a, b = _zoo_layers()
+    # the fast path is exercised on both sides, including a same-grid pair (6x6 with 6x6)
+    assert _native_grids([tuple(t.shape[-2:]) for t in a], [t.shape[1] for t in a],
+                         size) == [(6, 6), (4, 4)]
+    assert _native_grids([tuple(t.shape[-2:]) for t in b], [t.shape[1] for t in b],
+                         size) == [(6, 6), (3, 6), (2, 2)]
+    ref = _pearson(_resized_reference(a, size), _resized_reference(b, size))
+    assert np.abs(ref).max() > 0.8
+    for batch in (3, 10):
+        acc = CrossCorrelation(resolution=12)
+        for s in range(0, 10, batch):
+            acc.update([t[s:s + batch] for t in a], [t[s:s + batch] for t in b])
+        assert acc.n == 10 * 144
+        np.testing.assert_allclose(acc.correlation(), ref, rtol=0, atol=1e-6)
+    acc64 = CrossCorrelation(resolution=12, matmul_dtype="float64").update(a, b)
+    np.testing.assert_allclose(acc64.correlation(), ref, rtol=0, atol=1e-12)
+    # same moments as the resized maps
+    resized_a = _resized_reference(a, size)
+    np.testing.assert_allclose(acc64.mean_a, resized_a.mean((0, 2, 3)).numpy(), atol=1e-12)
+    np.testing.assert_allclose(acc64.std_a, resized_a.permute(1, 0, 2, 3).reshape(102, -1)
+                               .std(1, unbiased=False).numpy(), rtol=1e-10)
+    # a column block cutting through layers, and accumulators of two halves merged
+    block = CrossCorrelation(resolution=12, cols=(40, 100)).update(a, b)
+    np.testing.assert_allclose(block.correlation(), ref[:, 40:100], atol=1e-6)
+    halves = [CrossCorrelation(resolution=12).update([t[i::2] for t in a], [t[i::2] for t in b])
+              for i in (0, 1)]
+    np.testing.assert_allclose(halves[0].merge(halves[1]).correlation(), ref, atol=1e-6)
+
+
+def test_own_grid_dead_units_and_resolution_bookkeeping(tmp_path):
+    a, b = _zoo_layers(n=4, seed=1)
+    a[1][:, 5] = 7.0  # a constant unit in a layer multiplied at its own 6x6 grid
+    b[3][:, 0] = 0.0
+    acc = CrossCorrelation(resolution=(12, 12)).update(a, b)
+    with pytest.warns(RuntimeWarning, match="zero variance"):
+        r = acc.correlation()
+    assert np.isfinite(r).all()
+    assert np.flatnonzero(acc.dead_a).tolist() == [3 + 5]
+    assert np.flatnonzero(acc.dead_b).tolist() == [50 + 5 + 36]
+    back = CrossCorrelation.load(acc.save(tmp_path / "acc.npz"))
+    assert back.resolution == (12, 12)
+    with pytest.raises(InputError, match="resolutions"):
+        back.merge(CrossCorrelation(resolution=8).update(a, b))
+    with pytest.raises(InputError, match="one spatial size"):
+        CrossCorrelation().update(a, b)
+
+
+def test_resize_maps_is_interpolate_as_two_products():
+    from zoolens.resize import interpolation_matrix, resize_maps
+
+    g = torch.Generator().manual_seed(0)
+    for (h, w), size in [((5, 7), (12, 9)), ((20, 20), (12, 12)), ((24, 6), (12, 12)),
+                         ((3, 3), (3, 8))]:
+        x = torch.randn(2, 3, h, w, generator=g, dtype=torch.float64)
+        ref = F.interpolate(x, size=size, mode="bilinear", align_corners=False,
+                            antialias=size[0] < h or size[1] < w)
+        np.testing.assert_allclose(resize_maps(x, size).numpy(), ref.numpy(), atol=1e-12)
+        m = interpolation_matrix(h, size[0], other=(w, size[1]))
+        assert m.shape == (size[0], h)
+        np.testing.assert_allclose(m.sum(1).numpy(), 1.0, atol=1e-12)  # centring commutes

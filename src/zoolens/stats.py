@@ -31,9 +31,25 @@ float32 path as accurate as a float64 reference to ~1e-7 in the correlation:
   flops for the chunk's product. Per-unit sums are float32 cascade sums per chunk, added in
   float64 (a float64-dtype torch reduction is ~40x slower on CPU).
 
-Cost: besides the product, `update` makes one centred, units-first copy of each batch and reads it
-twice for the sums, all memory-bound: measured at 60% of bare torch.mm's rate for 256 x 512 units
-on one CPU core (benchmarks/bench_rosetta_corr.py), less overhead for wider tables.
+Coarse maps: products at their own grid
+---------------------------------------
+With `resolution` set, `update` takes each layer at its own grid and counts it as resized to the
+common one (`zoolens.resize`). Upsampling adds samples but no information: a map y (h, w)
+becomes Mh y Mw^T with fixed interpolation matrices, so for any map x at (H, W)
+
+    sum over (H, W) of x * (Mh y Mw^T)  =  sum over (h, w) of (Mh^T x Mw) * y.
+
+A layer coarser than the common grid is therefore never upsampled: the other group's maps are
+moved to its grid by the adjoint Mh^T . Mw (cheap: two small products per map), and the
+O(samples x Ca x Cb) product runs over h*w positions instead of H*W (4x fewer flops for a
+2x-coarser map, 21x for a 7x7 layer on a 32x32 grid). Its per-unit sums need no resized map
+either: sum(Mh y Mw^T) is a weighted sum of y, and sum((Mh y Mw^T)^2) = <y, (Mh^T Mh) y (Mw^T Mw)>.
+Centring commutes with the resize (the rows of Mh and Mw sum to 1). The sums are those of the
+resized maps to float rounding; `_native_grids` picks the layers for which this saves flops.
+
+Cost: besides the products, `update` makes one centred, units-first copy of each batch and reads
+it for the sums, all memory-bound; work buffers are reused across updates (a fresh batch-sized
+allocation costs ~15% of an update on CPU in page faults), `release_buffers` frees them.
 
 `matmul_dtype="float64"` does the product in float64 instead (for a CPU run that wants the last
 digits, or an accelerator with fast float64). TF32 (CUDA) or bf16 (oneDNN on CPU) would keep only
@@ -58,51 +74,25 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .errors import InputError, NotFittedError
+from .resize import as_size, interpolation_matrix, resize_maps
 
-__all__ = ["CrossCorrelation", "TopKPartners", "plan_column_blocks"]
+__all__ = ["CrossCorrelation", "TopKPartners", "plan_column_blocks", "release_buffers"]
 
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 _SAVE_KEYS = ("sum_a", "sumsq_a", "sum_b", "sumsq_b", "cross", "shift_a", "shift_b")
 
 
 # ----------------------------------------------------------------------------------------------
 # helpers
-
-
-def _as_maps(x, name: str, device: torch.device | None = None,
-             ) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """Return `x` as one (B, C, H, W) or (n, C) tensor, and its non-unit shape.
-
-    Accepts one tensor (B, C, H, W) or (n, C), or a sequence of such tensors to concatenate along C.
-    """
-    if isinstance(x, (list, tuple)):
-        if len(x) == 0:
-            raise InputError(f"{name}: got an empty list of activation maps")
-        parts = [_as_tensor(p, f"{name}[{i}]") for i, p in enumerate(x)]
-        rest = {tuple(p.shape[:1]) + tuple(p.shape[2:]) for p in parts}
-        if len(rest) != 1 or len({p.ndim for p in parts}) != 1:
-            raise InputError(f"{name}: maps to concatenate must agree in all but the channel "
-                             f"axis; got shapes {[tuple(p.shape) for p in parts]}")
-        x = torch.cat([p.to(parts[0].device, torch.promote_types(p.dtype, torch.float32))
-                       for p in parts], dim=1)
-    else:
-        x = _as_tensor(x, name)
-    if device is not None and x.device != device:
-        x = x.to(device)
-    if x.ndim not in (2, 4):
-        raise InputError(f"{name}: expected (B, C, H, W) maps or (n, C) samples, got shape "
-                         f"{tuple(x.shape)}")
-    if x.shape[0] == 0 or x.shape[1] == 0 or x[0, 0].numel() == 0:
-        raise InputError(f"{name}: has no samples or no units, shape {tuple(x.shape)}")
-    other = (x.shape[0],) + tuple(x.shape[2:])
-    return x, other
 
 
 def _as_tensor(x, name: str) -> torch.Tensor:
@@ -140,32 +130,262 @@ def _accumulator_device(device: torch.device) -> torch.device:
     return torch.device("cpu") if device.type == "mps" else device
 
 
-def _centre(x: torch.Tensor, step: int,
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Centre samples on their per-unit mean, units first.
+def _as_layers(x, name: str, device: torch.device | None = None) -> list[torch.Tensor]:
+    """`x` as a list of (B, C, h, w) tensors, one per layer, on one device.
 
-    x : (B, C, H, W) or (n, C) in the work dtype.
-    Returns z (C, m) = x - centre, centre (C,) and sums of z and z^2 over samples (all float64
-    except z). The centre is any value near the mean (its rounding does not matter: the sums of
-    z are taken after the subtraction); the sums are float32 cascade sums over `step` samples,
-    added in float64 (a float64-dtype reduction is ~40x slower on CPU).
+    Accepts one tensor (B, C, h, w) or (n, C) (samples, taken as 1 x 1 maps), or a sequence of
+    such tensors: layers concatenated along units.
     """
-    n_units = x.shape[1]
-    m = x.numel() // n_units
-    dims = (0,) + tuple(range(2, x.ndim))
-    centre = x.sum(dim=dims) / m
-    z = torch.empty((n_units, x.shape[0]) + tuple(x.shape[2:]), dtype=x.dtype, device=x.device)
-    torch.sub(x.transpose(0, 1), centre.view(-1, *([1] * (x.ndim - 1))), out=z)  # one copy
-    z = z.view(n_units, m)
-    acc = _accumulator_device(x.device)
-    s = torch.zeros(n_units, dtype=torch.float64, device=acc)
-    q = torch.zeros(n_units, dtype=torch.float64, device=acc)
-    sq = torch.empty((n_units, min(step, m)), dtype=x.dtype, device=x.device)  # reused scratch
-    for i in range(0, m, step):
-        chunk = z[:, i:i + step]
-        s += chunk.sum(dim=1).to(acc)
-        q += torch.mul(chunk, chunk, out=sq[:, :chunk.shape[1]]).sum(dim=1).to(acc)
-    return z, centre.to(acc).to(torch.float64), s, q
+    listed = isinstance(x, (list, tuple))
+    parts = list(x) if listed else [x]
+    if not parts:
+        raise InputError(f"{name}: got an empty list of activation maps")
+    out = []
+    for i, part in enumerate(parts):
+        label = f"{name}[{i}]" if listed else name
+        t = _as_tensor(part, label)
+        device = t.device if device is None else device
+        t = t.to(device)
+        if t.ndim == 2:
+            t = t[:, :, None, None]
+        elif t.ndim != 4:
+            raise InputError(f"{label}: expected (B, C, H, W) maps or (n, C) samples, got shape "
+                             f"{tuple(t.shape)}")
+        if t.shape[0] == 0 or t.shape[1] == 0 or t.shape[2] * t.shape[3] == 0:
+            raise InputError(f"{label}: has no samples or no units, shape {tuple(t.shape)}")
+        out.append(t)
+    return out
+
+
+def _slice_units(layers: list[torch.Tensor], start: int, stop: int) -> list[torch.Tensor]:
+    """Units start:stop of the layers' concatenation, as a list of (views of) layers."""
+    total = sum(t.shape[1] for t in layers)
+    if stop > total:
+        raise InputError(f"cols=({start}, {stop}) is outside b's {total} units")
+    out, offset = [], 0
+    for t in layers:
+        lo, hi = max(start, offset), min(stop, offset + t.shape[1])
+        if lo < hi:
+            out.append(t[:, lo - offset:hi - offset])
+        offset += t.shape[1]
+    return out
+
+
+_pool = threading.local()
+
+
+def _buffer(name: str, shape: tuple[int, ...], dtype: torch.dtype,
+            device: torch.device) -> torch.Tensor:
+    """A work buffer reused across updates (per thread, CPU only).
+
+    Fresh batch-sized allocations come from the OS as zeroed pages and their first touch costs
+    ~15% of an update on CPU (measured); accelerators' caching allocators already reuse memory.
+    """
+    numel = math.prod(shape)
+    if device.type != "cpu":
+        return torch.empty(shape, dtype=dtype, device=device)
+    pool = getattr(_pool, "buffers", None)
+    if pool is None:
+        pool = _pool.buffers = {}
+    buf = pool.get((name, dtype))
+    if buf is None or buf.numel() < numel:
+        buf = pool[(name, dtype)] = torch.empty(numel, dtype=dtype)
+    return buf[:numel].view(shape)
+
+
+def _native_grids(grids: Sequence[tuple[int, int]], channels: Sequence[int],
+                  size: tuple[int, int]) -> list[tuple[int, int]]:
+    """Grids whose layers are multiplied at their own resolution, finest first.
+
+    A layer coarser than the common grid (H, W) is only upsampled, so its products can be taken at
+    its own h x w positions after the other group's maps are moved there by the resize's adjoint
+    (`_Side.adjoint`). Per unit of the other group that costs H W w + H w h multiply-adds for the
+    adjoint plus c h w for the product, against c H W for the product at (H, W).
+    """
+    H, W = size
+    total: dict[tuple[int, int], int] = {}
+    for g, c in zip(grids, channels):
+        total[g] = total.get(g, 0) + c
+    chosen = [(h, w) for (h, w), c in total.items()
+              if h <= H and w <= W and (h, w) != (H, W)
+              and H * W * w + H * w * h + c * h * w < c * H * W]
+    return sorted(chosen, key=lambda g: -g[0] * g[1])
+
+
+def _move(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, name: str) -> torch.Tensor:
+    """x viewed (N, p, q) -> (N, p', q'), out[k, i', j'] = sum_ij x[k, i, j] a[i, i'] b[j, j'].
+
+    As one product with the dense (p q, p' q') operator when that is cheap, else separably (two
+    products and transposed copies of the smaller intermediates): the separable products are
+    skinny and run ~5x below the dense one's rate (measured on CPU). The result lives in the
+    work buffer `name`.
+    """
+    (p, p2), (q, q2) = a.shape, b.shape
+    out = _buffer(name, (x.numel() // (p * q), p2, q2), x.dtype, x.device)
+    if p * q * p2 * q2 < 5 * (p * q * q2 + q2 * p * p2):
+        dense = torch.einsum("iI,jJ->ijIJ", a, b).reshape(p * q, p2 * q2)
+        return torch.mm(x.reshape(-1, p * q), dense, out=out.view(-1, p2 * q2)).view(out.shape)
+    t = torch.mm(x.reshape(-1, q), b).view(-1, p, q2)
+    tt = _buffer("move_t", (t.shape[0], q2, p), x.dtype, x.device)
+    tt.copy_(t.transpose(1, 2))
+    u = torch.mm(tt.view(-1, p), a).view(-1, q2, p2)
+    return out.copy_(u.transpose(1, 2))
+
+
+class _Part:
+    """Rows start:stop of a side's internal unit order: the layers multiplied at `grid` (None: at
+    the common grid), and where those rows go in the user's unit order, as (start, stop,
+    user_start) runs relative to `start`."""
+
+    def __init__(self, grid, start, stop, runs):
+        self.grid, self.start, self.stop, self.runs = grid, start, stop, runs
+
+    @property
+    def area(self) -> float:
+        return math.inf if self.grid is None else self.grid[0] * self.grid[1]
+
+
+class _Side:
+    """One group's batch, centred, in the forms the products need.
+
+    Units are in an internal order: layers used at the common grid (H, W) first, then the layers
+    of each native grid (`_native_grids`), finest first; `parts` maps them back to the user's.
+
+    * common part: z (C_r, n*H*W), the layers resized to (H, W) and centred, units first;
+    * native grid g = (h, w): nat[g] (C_g, n*h*w), the layers at their own grid, centred on the
+      mean of their resized maps.
+      Their resized maps are never formed: with Mh (H, h) and Mw (W, w) the resize matrices, the
+      sum of a resized map is a weighted sum of the native one, and its sum of squares is
+      <x, (Mh^T Mh) x (Mw^T Mw)>.
+
+    s, q: float64 sums of the resized, centred values and their squares per unit; centre: the
+    per-unit centres (float64). All three in the user's unit order.
+    """
+
+    def __init__(self, layers: list[torch.Tensor], size: tuple[int, int], work: torch.dtype,
+                 step: int, tag: str):
+        H, W = size
+        n, dev = layers[0].shape[0], layers[0].device
+        self.size, self.n, self.work, self.tag, self.step = size, n, work, tag, step
+        self.device = dev
+        grids = [tuple(t.shape[-2:]) for t in layers]
+        native = _native_grids(grids, [t.shape[1] for t in layers], size)
+        user_start = [0] + np.cumsum([t.shape[1] for t in layers]).tolist()
+        C = user_start[-1]
+        acc = _accumulator_device(dev)
+        self.s = torch.empty(C, dtype=torch.float64, device=acc)
+        self.q = torch.empty(C, dtype=torch.float64, device=acc)
+        self.centre = torch.empty(C, dtype=torch.float64, device=acc)
+        self.parts: list[_Part] = []
+        self.nat: dict[tuple[int, int], torch.Tensor] = {}
+        self._cache: dict = {}
+        row = 0
+        for grid in [None] + native:
+            members = [i for i, g in enumerate(grids) if (g if g in native else None) == grid]
+            if not members:
+                continue
+            c_part = sum(layers[i].shape[1] for i in members)
+            if grid is None:
+                out = _buffer("z" + tag, (c_part, n, H, W), work, dev)
+            else:
+                out = _buffer(f"n{tag}{grid}", (c_part, n, *grid), work, dev)
+            runs, r, centres, user_rows = [], 0, [], []
+            for i in members:
+                x = layers[i].to(work)
+                c = x.shape[1]
+                if grid is None:
+                    x = resize_maps(x, size)
+                    centre = x.sum(dim=(0, 2, 3)) / (n * H * W)
+                    torch.sub(x.transpose(0, 1), centre[:, None, None, None], out=out[r:r + c])
+                else:
+                    ch, cw = self._weights(grid)
+                    centre = torch.mv(x.sum(dim=0).reshape(c, -1), torch.outer(ch, cw).flatten())
+                    centre /= n * H * W
+                    torch.sub(x.transpose(0, 1), centre[:, None, None, None], out=out[r:r + c])
+                centres.append(centre)
+                user_rows.append(torch.arange(user_start[i], user_start[i] + c))
+                if runs and runs[-1][1] == r and runs[-1][2] + r - runs[-1][0] == user_start[i]:
+                    runs[-1] = (runs[-1][0], r + c, runs[-1][2])
+                else:
+                    runs.append((r, r + c, user_start[i]))
+                r += c
+            part = _Part(grid, row, row + c_part, runs)
+            if grid is None:
+                self.z = out.view(c_part, -1)
+                s, q = self._sums(self.z)
+            else:
+                self.nat[grid] = out.view(c_part, -1)
+                s, q = self._native_sums(part)
+            rows = torch.cat(user_rows).to(acc)
+            self.s[rows], self.q[rows] = s, q
+            self.centre[rows] = torch.cat(centres).to(acc, torch.float64)
+            self.parts.append(part)
+            row += c_part
+
+    def _matrices(self, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mh (H, h) and Mw (W, w), which resize `grid` to the common grid, in the work dtype."""
+        if ("m", grid) not in self._cache:
+            (H, W), (h, w) = self.size, grid
+            self._cache["m", grid] = (
+                interpolation_matrix(h, H, other=(w, W)).to(self.device, self.work),
+                interpolation_matrix(w, W, other=(h, H)).to(self.device, self.work))
+        return self._cache["m", grid]
+
+    def _weights(self, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Column sums of Mh and Mw: each native row's and column's weight in the resized map."""
+        mh, mw = self._matrices(grid)
+        return mh.sum(dim=0), mw.sum(dim=0)
+
+    def _sums(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """float64 sums of z and z^2 per row: float32 cascade sums over `step` samples added in
+        float64 (a float64-dtype reduction is ~40x slower on CPU)."""
+        acc = _accumulator_device(z.device)
+        s = torch.zeros(z.shape[0], dtype=torch.float64, device=acc)
+        q = torch.zeros(z.shape[0], dtype=torch.float64, device=acc)
+        sq = _buffer("sq", (z.shape[0], min(self.step, z.shape[1])), z.dtype, z.device)
+        for i in range(0, z.shape[1], self.step):
+            chunk = z[:, i:i + self.step]
+            s += chunk.sum(dim=1).to(acc)
+            q += torch.mul(chunk, chunk, out=sq[:, :chunk.shape[1]]).sum(dim=1).to(acc)
+        return s, q
+
+    def _native_sums(self, part: _Part) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sums over the resized grid of a native part: weighted sums of its values, and the
+        quadratic form <x, (Mh^T Mh) x (Mw^T Mw)>; per image in float32, over images in float64."""
+        acc = _accumulator_device(self.device)
+        z = self.nat[part.grid]
+        c, n = z.shape[0], self.n
+        ch, cw = self._weights(part.grid)
+        per_image = z.view(c * n, -1)
+        s = torch.mv(per_image, torch.outer(ch, cw).flatten()).view(c, n)
+        gram = self.moved(part, part.grid).view(c * n, -1)
+        prod = torch.mul(per_image, gram, out=_buffer("sq", gram.shape, z.dtype, z.device))
+        q = prod.sum(dim=1).view(c, n)
+        return (s.to(acc, torch.float64).sum(dim=1), q.to(acc, torch.float64).sum(dim=1))
+
+    def moved(self, part: _Part, grid: tuple[int, int]) -> torch.Tensor:
+        """The part's units as the adjoint of the resize from `grid` sees them: (rows, n*h*w).
+
+        With the other group's map y at `grid` upsampled as Mh y Mw^T, the sum over (H, W) of
+        x * (Mh y Mw^T) equals the sum over (h, w) of (Mh^T x Mw) * y, so the product runs over
+        h*w positions. A native part's x is itself Mh' x' Mw'^T, hence Mh^T Mh' x' Mw'^T Mw.
+        """
+        key = ("moved", part.start, grid)
+        if key not in self._cache:
+            mh, mw = self._matrices(grid)
+            name = f"moved{self.tag}{part.start}{grid}"
+            if part.grid is None:
+                out = _move(self.z.view(-1, *self.size), mh, mw, name)
+            else:
+                mh2, mw2 = self._matrices(part.grid)
+                out = _move(self.nat[part.grid].view(-1, *part.grid), mh2.T @ mh, mw2.T @ mw, name)
+            self._cache[key] = out.view(part.stop - part.start, -1)
+        return self._cache[key]
+
+
+def release_buffers() -> None:
+    """Free the work buffers `CrossCorrelation.update` keeps for reuse in this thread."""
+    _pool.__dict__.pop("buffers", None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,11 +396,15 @@ class CrossCorrelation:
     """Streaming, exactly mergeable Pearson correlation between the units of two groups.
 
     Group A and group B are sets of units (channels, concatenated over a model's tapped layers);
-    samples are (image, position) pairs, so both groups' maps must already share one resolution
-    (see `zoolens.analyses.rosetta.resize_maps`).
+    samples are (image, position) pairs on one common grid.
 
     Parameters
     ----------
+    resolution : int or (H, W) or None
+        The common grid. Each layer's maps count as resized to it (`zoolens.resize.resize_maps`:
+        bilinear, antialiased when downsampling); layers coarser than it are multiplied at their
+        own grid, which gives the same sums for fewer flops (module docstring). None: every map
+        must already share one grid.
     cols : (start, stop) or None
         Accumulate only B's units `start:stop` (one block of a memory-budgeted run, see
         `plan_column_blocks`). `update` still takes B's full maps and slices them itself.
@@ -194,17 +418,19 @@ class CrossCorrelation:
 
     Examples
     --------
-    >>> acc = CrossCorrelation()
-    >>> for a, b in batches:            # a: (B, Ca, H, W), b: (B, Cb, H, W)
-    ...     acc.update(a, b)
+    >>> acc = CrossCorrelation(resolution=32)
+    >>> for a_layers, b_layers in batches:   # lists of (B, C_l, h_l, w_l) maps, one per layer
+    ...     acc.update(a_layers, b_layers)
     >>> r = acc.correlation()          # (Ca, Cb) float64 NumPy
     """
 
     #: bytes per (A unit, B unit) pair at peak: float64 sums, float32 chunk product, float64 result
     bytes_per_entry = 20
 
-    def __init__(self, *, cols: tuple[int, int] | None = None, chunk_size: int = 4096,
+    def __init__(self, *, resolution: int | tuple[int, int] | None = None,
+                 cols: tuple[int, int] | None = None, chunk_size: int = 4096,
                  matmul_dtype: str = "float32", dead_rtol: float = 1e-12) -> None:
+        self.resolution = None if resolution is None else as_size(resolution)
         self.cols = cols
         self.chunk_size = chunk_size
         self.matmul_dtype = matmul_dtype
@@ -279,58 +505,83 @@ class CrossCorrelation:
 
         Parameters
         ----------
-        a : tensor (B, Ca, H, W) or (n, Ca), or a list of such tensors concatenated along units
-        b : tensor (B, Cb, H, W) or (n, Cb), likewise; same batch and spatial size as `a`.
-            With `cols=(start, stop)`, B's units start:stop are taken from `b`.
+        a : tensor (B, Ca, h, w) or (n, Ca), or a list of such tensors (layers, concatenated
+            along units in list order)
+        b : tensor (B, Cb, h, w) or (n, Cb), likewise, with the same batch size. With
+            `cols=(start, stop)`, B's units start:stop are taken from `b`.
 
-        Tensors may live on any device; the sums stay there (float64). Returns self.
+        Without `resolution` every map must share one grid; with it, each layer may have its own
+        and counts as resized to `resolution` (`zoolens.resize.resize_maps`). Tensors may live on
+        any device; the sums stay there (float64). Returns self.
         """
-        xa, other_a = _as_maps(a, "a")
-        xb, other_b = _as_maps(b, "b", device=xa.device)
-        if other_a != other_b:
-            raise InputError(f"a and b must have the same batch and spatial size (resize the maps "
-                             f"to a common resolution first); got a {tuple(xa.shape)} and b "
-                             f"{tuple(xb.shape)}")
+        la = _as_layers(a, "a")
+        lb = _as_layers(b, "b", device=la[0].device)
+        if len({t.shape[0] for t in la + lb}) != 1:
+            raise InputError(f"a and b must have the same batch size; got a "
+                             f"{[tuple(t.shape) for t in la]} and b {[tuple(t.shape) for t in lb]}")
+        size = self.resolution
+        if size is None:
+            grids = {tuple(t.shape[-2:]) for t in la + lb}
+            if len(grids) != 1:
+                raise InputError(f"a and b must share one spatial size, or give "
+                                 f"CrossCorrelation(resolution=...) to resize them to one; got a "
+                                 f"{[tuple(t.shape) for t in la]} and b "
+                                 f"{[tuple(t.shape) for t in lb]}")
+            size = grids.pop()
         if self.cols is not None:
-            start, stop = self.cols
-            if stop > xb.shape[1]:
-                raise InputError(f"cols={self.cols} is outside b's {xb.shape[1]} units")
-            xb = xb[:, start:stop]
-        n_a, n_b = xa.shape[1], xb.shape[1]
+            lb = _slice_units(lb, *self.cols)
+        n_a, n_b = sum(t.shape[1] for t in la), sum(t.shape[1] for t in lb)
         if self._state is not None and (n_a, n_b) != (self.n_a, self.n_b):
             raise InputError(f"a and b have {n_a} and {n_b} units; this accumulator holds "
                              f"{self.n_a} and {self.n_b}")
+        dev = la[0].device
         work = self._work_dtype
-        if work == torch.float32 and _reduced_precision_matmul(xa.device):
+        if work == torch.float32 and _reduced_precision_matmul(dev):
             warnings.warn("float32 matmuls may run in TF32/bf16 (torch float32 matmul precision is "
                           "not 'highest'); CrossCorrelation takes its products in float64 instead. "
                           "Set torch.backends.cuda.matmul.fp32_precision = 'ieee' for the faster "
                           "float32 path.", RuntimeWarning, stacklevel=2)
             work = torch.float64
-        xa, xb = xa.to(work), xb.to(work)
         step = int(self.chunk_size)
-        # units first, (C, samples), centred: the one copy of the batch that update makes
-        za, ca, sa, qa = _centre(xa, step)
-        zb, cb, sb, qb = _centre(xb, step)
-        m = za.shape[1]
-        finite = torch.isfinite(torch.stack([sa.sum(), qa.sum(), sb.sum(), qb.sum()])).all()
-        if not bool(finite):
+        side_a = _Side(la, size, work, step, "a")
+        side_b = _Side(lb, size, work, step, "b")
+        sums = torch.stack([side_a.s.sum(), side_a.q.sum(), side_b.s.sum(), side_b.q.sum()])
+        if not bool(torch.isfinite(sums).all()):
             raise InputError("a or b contains NaN or infinite values; the batch was not added")
 
-        acc_dev = self.device if self._state is not None else _accumulator_device(xa.device)
+        acc_dev = self.device if self._state is not None else _accumulator_device(dev)
         if self._state is None:
-            self._allocate(n_a, n_b, ca.to(acc_dev), cb.to(acc_dev))
+            self._allocate(n_a, n_b, side_a.centre.to(acc_dev), side_b.centre.to(acc_dev))
         st = self._state
-        cross = st["cross"]
-        buf = torch.empty((n_a, n_b), dtype=work, device=xa.device)
-        for s in range(0, m, step):
-            torch.mm(za[:, s:s + step], zb[:, s:s + step].T, out=buf)
-            cross.add_(buf.to(acc_dev))  # float32 chunk into float64 sums
-        d_a = ca.to(acc_dev) - st["shift_a"]
-        d_b = cb.to(acc_dev) - st["shift_b"]
-        self._add_sums(m, sa.to(acc_dev), qa.to(acc_dev), sb.to(acc_dev), qb.to(acc_dev),
-                       d_a, d_b)
+        for pa in side_a.parts:
+            for pb in side_b.parts:
+                if pa.grid is None and pb.grid is None:  # both at the common grid
+                    left, right = side_a.z, side_b.z
+                elif pb.area <= pa.area:  # at b's grid, the coarser
+                    left, right = side_a.moved(pa, pb.grid), side_b.nat[pb.grid]
+                else:  # at a's grid
+                    left, right = side_a.nat[pa.grid], side_b.moved(pb, pa.grid)
+                self._add_product(left, right, pa.runs, pb.runs, step, work)
+        m = side_a.n * size[0] * size[1]
+        self._add_sums(m, side_a.s.to(acc_dev), side_a.q.to(acc_dev), side_b.s.to(acc_dev),
+                       side_b.q.to(acc_dev), side_a.centre.to(acc_dev) - st["shift_a"],
+                       side_b.centre.to(acc_dev) - st["shift_b"])
         return self
+
+    def _add_product(self, left: torch.Tensor, right: torch.Tensor, row_runs, col_runs,
+                     step: int, work: torch.dtype) -> None:
+        """cross[rows, cols] += left @ right^T, in float32 chunks of `step` samples added in
+        float64; runs = (start, stop, user_start) map the block's rows/columns to the user's."""
+        cross = self._state["cross"]
+        buf = _buffer("product", (left.shape[0], right.shape[0]), work, left.device)
+        whole = len(row_runs) == 1 and len(col_runs) == 1
+        for s in range(0, left.shape[1], step):
+            torch.mm(left[:, s:s + step], right[:, s:s + step].T, out=buf)
+            chunk = buf.to(cross.device)  # float32 chunk into float64 sums
+            for r0, r1, ur in row_runs:
+                for c0, c1, uc in col_runs:
+                    block = chunk if whole else chunk[r0:r1, c0:c1]
+                    cross[ur:ur + r1 - r0, uc:uc + c1 - c0].add_(block)
 
     def merge(self, other: CrossCorrelation) -> CrossCorrelation:
         """Add another accumulator's samples into this one (in place); returns self.
@@ -343,6 +594,9 @@ class CrossCorrelation:
         if self.cols != other.cols:
             raise InputError(f"cannot merge accumulators of different column blocks: {self.cols} "
                              f"and {other.cols}")
+        if self.resolution != other.resolution:
+            raise InputError(f"cannot merge accumulators of different resolutions: "
+                             f"{self.resolution} and {other.resolution}")
         if other._state is None or other.n == 0:
             return self
         if self._state is None or self.n == 0:
@@ -431,6 +685,7 @@ class CrossCorrelation:
         """All state and parameters as NumPy arrays (what `save` writes)."""
         state = {"format_version": np.array(_FORMAT_VERSION), "n": np.array(self.n, np.int64),
                  "cols": np.array(self.cols if self.cols is not None else (-1, -1), np.int64),
+                 "resolution": np.array(self.resolution or (-1, -1), np.int64),
                  "chunk_size": np.array(int(self.chunk_size), np.int64),
                  "matmul_dtype": np.array(self.matmul_dtype),
                  "dead_rtol": np.array(float(self.dead_rtol))}
@@ -447,10 +702,12 @@ class CrossCorrelation:
         """Rebuild an accumulator from `state_dict()` output; sums go to `device` (default CPU)."""
         try:
             version = int(state["format_version"])
-            if version != _FORMAT_VERSION:
+            if version not in (1, _FORMAT_VERSION):  # version 1 had no resolution
                 raise InputError(f"state: format version {version}, expected {_FORMAT_VERSION}")
             cols = tuple(int(c) for c in np.asarray(state["cols"]))
+            res = tuple(int(r) for r in np.asarray(state.get("resolution", (-1, -1))))
             acc = cls(cols=None if cols == (-1, -1) else cols,
+                      resolution=None if res == (-1, -1) else res,
                       chunk_size=int(state["chunk_size"]), matmul_dtype=str(state["matmul_dtype"]),
                       dead_rtol=float(state["dead_rtol"]))
             n = int(state["n"])
@@ -487,7 +744,8 @@ class CrossCorrelation:
             return cls.from_state_dict({k: data[k] for k in data.files}, device=device)
 
     def __repr__(self) -> str:
-        return (f"CrossCorrelation(n={self.n}, units={self.n_a}x{self.n_b}, cols={self.cols}, "
+        return (f"CrossCorrelation(n={self.n}, units={self.n_a}x{self.n_b}, "
+                f"resolution={self.resolution}, cols={self.cols}, "
                 f"matmul_dtype={self.matmul_dtype!r})")
 
 

@@ -26,74 +26,16 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .._validation import as_features
 from ..errors import InputError, UnknownLayerError
+from ..resize import as_size, concat_resized, resize_maps
 from ..stats import TopKPartners
 
 __all__ = ["resize_maps", "concat_resized", "UnitIndex", "best_buddies", "label_buddies",
            "rosetta_sets", "set_profiles", "cluster_sets", "RosettaResult"]
 
 MODES = ("strict", "relaxed")
-
-
-# ----------------------------------------------------------------------------------------------
-# resolution
-
-
-def _as_size(size) -> tuple[int, int]:
-    if isinstance(size, (int, np.integer)):
-        size = (int(size), int(size))
-    try:
-        h, w = (int(s) for s in size)
-    except (TypeError, ValueError):
-        raise InputError(f"size: expected an int or (H, W), got {size!r}") from None
-    if h < 1 or w < 1:
-        raise InputError(f"size: expected positive sizes, got {size!r}")
-    return h, w
-
-
-def resize_maps(x, size: int | tuple[int, int]) -> torch.Tensor:
-    """Resize activation maps to a common grid.
-
-    Parameters
-    ----------
-    x : tensor or array (B, C, h, w)
-    size : int or (H, W)
-
-    Returns
-    -------
-    tensor (B, C, H, W), same dtype and device; `x` itself when it already has that size.
-    Bilinear with `align_corners=False`; antialiased when either side shrinks, so a downsampled
-    unit averages its footprint instead of aliasing.
-    """
-    if not isinstance(x, torch.Tensor):
-        x = torch.as_tensor(np.asarray(x))
-    if x.ndim != 4:
-        raise InputError(f"x: expected activation maps (B, C, h, w), got shape {tuple(x.shape)}")
-    h_out, w_out = _as_size(size)
-    h, w = x.shape[-2:]
-    if (h, w) == (h_out, w_out):
-        return x
-    if not x.is_floating_point():
-        x = x.float()
-    antialias = h_out < h or w_out < w
-    return F.interpolate(x, size=(h_out, w_out), mode="bilinear", align_corners=False,
-                         antialias=antialias)
-
-
-def concat_resized(maps: Sequence, size: int | tuple[int, int]) -> torch.Tensor:
-    """Resize each layer's maps (B, C_l, h_l, w_l) to `size` and concatenate: (B, sum C_l, H, W).
-
-    The channel order is the layer order, matching `UnitIndex(model, layers)`.
-    """
-    if len(maps) == 0:
-        raise InputError("maps: expected at least one layer's activation maps")
-    out = [resize_maps(m, size) for m in maps]
-    if len({t.shape[0] for t in out}) != 1:
-        raise InputError(f"maps: layers disagree on the batch size: {[t.shape[0] for t in out]}")
-    return out[0] if len(out) == 1 else torch.cat(out, dim=1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -559,7 +501,7 @@ class RosettaResult:
     settings: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.resolution = tuple(int(v) for v in _as_size(self.resolution))
+        self.resolution = tuple(int(v) for v in as_size(self.resolution))
         self.pairs = {tuple(k): [dict(p) for p in v] for k, v in self.pairs.items()}
         for key, items in self.pairs.items():
             if len(key) != 2:

@@ -1,8 +1,9 @@
 """Mining Rosetta neurons across a zoo: the model-level half of `zoolens.rosetta`.
 
 1. One streaming pass: every model sees every image (or the generator draws them and is tapped
-   itself); each tapped layer's maps are resized to one common resolution and fed, per model
-   pair, to exactly mergeable `CrossCorrelation` accumulators. Memory is O(units_a x units_b),
+   itself); each tapped layer's native maps are fed, per model pair, to exactly mergeable
+   `CrossCorrelation` accumulators that count them as resized to one common resolution (and
+   take a coarser layer's products at its own grid, for the same sums at a fraction of the cost). Memory is O(units_a x units_b),
    whatever the number of images. When all tables do not fit `max_memory`, B's units are split
    into column blocks accumulated in further passes and reduced to top-K partners.
 2. Best buddies per pair, Rosetta sets anchored on one model, dead units listed.
@@ -28,7 +29,7 @@ from ..errors import InputError
 from ..extract import as_models, resolve_layers
 from ..sources import ImageSource, open_source
 from ..sources.generated import GeneratedImages
-from ..stats import CrossCorrelation, TopKPartners, plan_column_blocks
+from ..stats import CrossCorrelation, TopKPartners, plan_column_blocks, release_buffers
 from ..zoo.model import Model
 from ..zoo.registry import load
 from .rosetta import (RosettaResult, UnitIndex, best_buddies, cluster_sets, concat_resized,
@@ -99,32 +100,33 @@ class _TopImages:
 
 
 class _MiningSink:
-    """Per batch: resize every model's maps, update the pairs' accumulators of this pass."""
+    """Per batch: update the pairs' accumulators of this pass with every model's native maps
+    (each accumulator resizes them to the common grid, or works at a coarser map's own grid)."""
 
     def __init__(self, layers: dict[str, list[str]], resolution: int,
                  jobs: list[tuple[str, str, tuple[int, int] | None]], track: bool):
         self.layers, self.resolution = layers, resolution
-        self.acc = {job: CrossCorrelation(cols=job[2]) for job in jobs}
+        self.acc = {job: CrossCorrelation(resolution=resolution, cols=job[2]) for job in jobs}
         self.track = track  # moments and top images: once, in the first pass
         self.moments = {m: _Moments() for m in layers}
         self.top = {m: _TopImages() for m in layers}
         self.done: set[int] = set()
         self.skipped: list[dict] = []
 
-    def maps(self, batch, model: str) -> torch.Tensor:
-        return concat_resized([batch.features[model][l]["none"] for l in self.layers[model]],
-                              self.resolution)
+    def native(self, batch, model: str) -> list[torch.Tensor]:
+        return [batch.features[model][l]["none"] for l in self.layers[model]]
 
     def update(self, batch) -> None:
         self.done.update(s["index"] for s in batch.skipped)
         self.skipped += batch.skipped
         if not batch.indices:
             return
-        maps = {m: self.maps(batch, m) for m in self.layers}
+        native = {m: self.native(batch, m) for m in self.layers}
         for (a, b, _), acc in self.acc.items():
-            acc.update(maps[a], maps[b])
+            acc.update(native[a], native[b])
         if self.track:
-            for m, x in maps.items():
+            for m, layers in native.items():
+                x = concat_resized(layers, self.resolution)
                 self.moments[m].update(x)
                 self.top[m].update(x, batch.indices)
         self.done.update(batch.indices)
@@ -264,6 +266,7 @@ def rosetta(models, images=None, *, generator=None, n_generated: int = 64, seed:
                 tp = topk.setdefault((a, b), TopKPartners(units[a], units[b], k=max(k, 1)))
                 tp.update(acc.correlation(), col_offset=cols[0], dead_a=acc.dead_a,
                           dead_b=acc.dead_b)
+    release_buffers()  # the accumulators' batch-sized work buffers
     n_images = int(sum(1 for _ in first.done)) - sum(1 for s in skipped if "index" in s)
 
     dead = {}
