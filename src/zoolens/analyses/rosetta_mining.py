@@ -53,45 +53,15 @@ def default_resolution(models: Sequence[Model], layers: dict[str, list[str]]) ->
     return min(max(sides), _MAX_DEFAULT_RESOLUTION)
 
 
-class _Moments:
-    """Per-unit mean and standard deviation over (image, position), float64, shifted."""
-
-    def __init__(self):
-        self.n, self.shift, self.s, self.q = 0, None, None, None
-
-    def update(self, x: torch.Tensor) -> None:  # (B, C, R, R)
-        flat = x.transpose(0, 1).reshape(x.shape[1], -1).double()
-        if self.shift is None:
-            self.shift = flat.mean(dim=1)
-            self.s = torch.zeros_like(self.shift)
-            self.q = torch.zeros_like(self.shift)
-        d = flat - self.shift[:, None]
-        self.s += d.sum(dim=1)
-        self.q += (d * d).sum(dim=1)
-        self.n += flat.shape[1]
-
-    def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
-        m = self.s / self.n
-        var = (self.q / self.n - m * m).clamp_min(0)
-        return (self.shift + m).cpu().numpy(), var.sqrt().cpu().numpy()
-
-    def state(self) -> dict:
-        return {"n": np.array(self.n), "shift": self.shift.cpu().numpy(), "s": self.s.cpu().numpy(),
-                "q": self.q.cpu().numpy()}
-
-    def load(self, state) -> None:
-        self.n = int(state["n"])
-        self.shift, self.s, self.q = (torch.as_tensor(state[k]) for k in ("shift", "s", "q"))
-
-
 class _TopImages:
-    """For each unit, the `m` images with the highest peak activation (streaming)."""
+    """For each unit, the `m` images with the highest peak activation (streaming; the peak over
+    the layer's own grid, which resizing could only flatten)."""
 
     def __init__(self, m: int = 8):
         self.m, self.values, self.index = m, None, None
 
-    def update(self, x: torch.Tensor, indices: list[int]) -> None:  # x (B, C, R, R)
-        peak = x.amax(dim=(2, 3)).T.double().cpu()  # (C, B)
+    def update(self, layers: list[torch.Tensor], indices: list[int]) -> None:  # (B, C_l, h, w)
+        peak = torch.cat([x.amax(dim=(2, 3)) for x in layers], dim=1).T.double().cpu()  # (C, B)
         idx = torch.as_tensor(indices, dtype=torch.long).expand_as(peak)
         if self.values is not None:
             peak, idx = torch.cat([self.values, peak], 1), torch.cat([self.index, idx], 1)
@@ -107,8 +77,7 @@ class _MiningSink:
                  jobs: list[tuple[str, str, tuple[int, int] | None]], track: bool):
         self.layers, self.resolution = layers, resolution
         self.acc = {job: CrossCorrelation(resolution=resolution, cols=job[2]) for job in jobs}
-        self.track = track  # moments and top images: once, in the first pass
-        self.moments = {m: _Moments() for m in layers}
+        self.track = track  # top images: once, in the first pass
         self.top = {m: _TopImages() for m in layers}
         self.done: set[int] = set()
         self.skipped: list[dict] = []
@@ -126,9 +95,7 @@ class _MiningSink:
             acc.update(native[a], native[b])
         if self.track:
             for m, layers in native.items():
-                x = concat_resized(layers, self.resolution)
-                self.moments[m].update(x)
-                self.top[m].update(x, batch.indices)
+                self.top[m].update(layers, batch.indices)
         self.done.update(batch.indices)
 
 
@@ -167,7 +134,6 @@ def _run_pass(models, source, layers, resolution, jobs, track, *, state_dir, key
                 sink.acc[job] = CrossCorrelation.from_state_dict(state)
             if track:
                 for m in layers:
-                    sink.moments[m].load(saved["moments"][m])
                     sink.top[m].values, sink.top[m].index = saved["top"][m]
             log.info("resuming pass %d: %d of %d images done", pass_no, len(sink.done), len(source))
     todo = [i for i in range(len(source)) if i not in sink.done]
@@ -180,7 +146,6 @@ def _run_pass(models, source, layers, resolution, jobs, track, *, state_dir, key
             state = {"key": key, "done": sorted(sink.done), "skipped": sink.skipped,
                      "acc": [sink.acc[j].state_dict() for j in jobs]}
             if track:
-                state["moments"] = {m: sink.moments[m].state() for m in layers}
                 state["top"] = {m: (t.values, t.index) for m, t in sink.top.items()}
             tmp = ckpt.with_suffix(".tmp")
             torch.save(state, tmp)
@@ -252,6 +217,7 @@ def rosetta(models, images=None, *, generator=None, n_generated: int = 64, seed:
     topk: dict[tuple[str, str], TopKPartners] = {}
     skipped: list[dict] = list(source.skipped_at_listing)
     first = None
+    stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for p, jobs in enumerate(passes):
         sink, sk = _run_pass(models, source, chosen, resolution, jobs, p == 0, state_dir=state_dir,
                              key=key, pass_no=p, batch_size=batch_size, device=device,
@@ -260,6 +226,11 @@ def rosetta(models, images=None, *, generator=None, n_generated: int = 64, seed:
         if p == 0:
             skipped += sk
         for (a, b, cols), acc in sink.acc.items():
+            # each unit's mean and std over the resized samples, to standardise concept maps
+            start, stop = cols or (0, units[b])
+            stats[a] = (acc.mean_a, acc.std_a)
+            stats.setdefault(b, (np.zeros(units[b]), np.zeros(units[b])))
+            stats[b][0][start:stop], stats[b][1][start:stop] = acc.mean_b, acc.std_b
             if cols is None:
                 tables[(a, b)] = acc
             else:
@@ -295,7 +266,7 @@ def rosetta(models, images=None, *, generator=None, n_generated: int = 64, seed:
                            units=units, pairs=pair_records, sets=sets, dead_units=dead_units,
                            skipped=skipped, settings=settings)
     if sets and concepts > 0:
-        _concepts(result, models, source, chosen, indexes, first, concepts=concepts,
+        _concepts(result, models, source, chosen, indexes, first, stats, concepts=concepts,
                   profile_images=profile_images, batch_size=batch_size, device=device,
                   num_workers=num_workers, out=out)
     if out is not None:
@@ -318,8 +289,9 @@ class _CollectSink:
         self.indices += batch.indices
 
 
-def _concepts(result: RosettaResult, models, source, layers, indexes, first: _MiningSink, *,
-              concepts, profile_images, batch_size, device, num_workers, out) -> None:
+def _concepts(result: RosettaResult, models, source, layers, indexes, first: _MiningSink,
+              stats: dict[str, tuple[np.ndarray, np.ndarray]], *, concepts, profile_images,
+              batch_size, device, num_workers, out) -> None:
     """Cluster the sets into concepts and draw each concept's heatmaps."""
     names = result.models
     anchor = result.settings["anchor"]
@@ -336,7 +308,6 @@ def _concepts(result: RosettaResult, models, source, layers, indexes, first: _Mi
     run(models, source, request, [sink], indices=sorted(chosen), batch_size=batch_size,
         num_workers=num_workers, device=device, progress=False)
     maps = {m: torch.cat(v) for m, v in sink.maps.items()}  # (I, C_m, R, R)
-    stats = {m: first.moments[m].mean_std() for m in names}
     # (sets, models, images, R, R) of each set unit's maps, standardised by dataset statistics
     set_maps = torch.stack([torch.stack([maps[n][:, u] for n, u in zip(names, units)])
                             for units in set_units])
