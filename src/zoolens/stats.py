@@ -199,7 +199,7 @@ def _native_grids(grids: Sequence[tuple[int, int]], channels: Sequence[int],
 
     A layer coarser than the common grid (H, W) is only upsampled, so its products can be taken at
     its own h x w positions after the other group's maps are moved there by the resize's adjoint
-    (`_Side.adjoint`). Per unit of the other group that costs H W w + H w h multiply-adds for the
+    (`_Side.moved`). Per unit of the other group that costs H W w + H w h multiply-adds for the
     adjoint plus c h w for the product, against c H W for the product at (H, W).
     """
     H, W = size
@@ -296,12 +296,11 @@ class _Side:
                 if grid is None:
                     x = resize_maps(x, size)
                     centre = x.sum(dim=(0, 2, 3)) / (n * H * W)
-                    torch.sub(x.transpose(0, 1), centre[:, None, None, None], out=out[r:r + c])
-                else:
+                else:  # the mean of the resized maps, from the native ones
                     ch, cw = self._weights(grid)
                     centre = torch.mv(x.sum(dim=0).reshape(c, -1), torch.outer(ch, cw).flatten())
                     centre /= n * H * W
-                    torch.sub(x.transpose(0, 1), centre[:, None, None, None], out=out[r:r + c])
+                torch.sub(x.transpose(0, 1), centre[:, None, None, None], out=out[r:r + c])
                 centres.append(centre)
                 user_rows.append(torch.arange(user_start[i], user_start[i] + c))
                 if runs and runs[-1][1] == r and runs[-1][2] + r - runs[-1][0] == user_start[i]:
