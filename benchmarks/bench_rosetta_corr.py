@@ -23,26 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _memory import peak_rss_mb, rss_mb  # benchmarks/_memory.py
+
 C_A, C_B, RES, RES_B, BATCH = 256, 512, 16, 8, 32
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _batches(n_images: int):
@@ -68,7 +57,7 @@ def worker(method: str, n_images: int, out: str) -> None:
     from zoolens.resize import resize_maps
     from zoolens.stats import CrossCorrelation
 
-    rss0 = _rss_mb()
+    rss0 = rss_mb()
     t_gen = t_corr = 0.0
     if method == "streaming":
         acc = CrossCorrelation(resolution=RES)
@@ -117,7 +106,7 @@ def worker(method: str, n_images: int, out: str) -> None:
         t_corr += time.perf_counter() - t
     np.save(out, corr)
     print(json.dumps({"method": method, "images": n_images, "gen_s": t_gen,
-                      "corr_s": t_corr, "rss_start_mb": rss0, "peak_rss_mb": _peak_rss_mb(),
+                      "corr_s": t_corr, "rss_start_mb": rss0, "peak_rss_mb": peak_rss_mb(),
                       "threads": torch.get_num_threads()}))
 
 

@@ -35,26 +35,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _memory import peak_rss_mb, rss_mb  # benchmarks/_memory.py
+
 METHODS = ("streaming", "corrcoef", "matmul")
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,7 +147,7 @@ def worker(method: str, folder: str, n_images: int, out: str) -> None:
     res = meta["resolution"]
     c_a, c_b = (sum(c for _, c, _ in layers) for layers in meta["layers"])
     plan = _plan(meta, n_images)
-    rss0 = _rss_mb()
+    rss0 = rss_mb()
     t_load = t_step = t_final = 0.0
     executed = [0]  # flops of every matrix product the streaming step runs
     if method == "streaming":
@@ -213,7 +202,7 @@ def worker(method: str, folder: str, n_images: int, out: str) -> None:
     np.save(out, np.ascontiguousarray(corr))
     print(json.dumps({"method": method, "images": n_images, "load_s": t_load,
                       "batch_s": t_step, "final_s": t_final, "step_s": t_step + t_final,
-                      "rss_start_mb": rss0, "peak_rss_mb": _peak_rss_mb(),
+                      "rss_start_mb": rss0, "peak_rss_mb": peak_rss_mb(),
                       "executed_gflop": executed[0] / 1e9,
                       "threads": torch.get_num_threads()}))
 
