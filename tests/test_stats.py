@@ -370,3 +370,23 @@ def test_resize_maps_is_interpolate_as_two_products():
         m = interpolation_matrix(h, size[0], other=(w, size[1]))
         assert m.shape == (size[0], h)
         np.testing.assert_allclose(m.sum(1).numpy(), 1.0, atol=1e-12)  # centring commutes
+
+
+def test_prepared_batch_shared_by_accumulators_and_column_blocks():
+    # what Rosetta mining does: each model's batch is prepared once and shared by its pairs,
+    # B cut into column blocks that cross layer and grid boundaries
+    a, b = _zoo_layers(n=6, seed=2)
+    ref = _pearson(_resized_reference(a, (12, 12)), _resized_reference(b, (12, 12)))
+    blocks = [(0, 37), (37, 90), (90, 124)]
+    accs = [CrossCorrelation(resolution=12, cols=c) for c in blocks]
+    full = CrossCorrelation(resolution=12)
+    for s in (0, 3):
+        side_a = full._prepare([t[s:s + 3] for t in a], (12, 12), "m0")
+        side_b = full._prepare([t[s:s + 3] for t in b], (12, 12), "m1")
+        full._update_sides(side_a, side_b)
+        for (start, stop), acc in zip(blocks, accs):
+            acc._update_sides(side_a, side_b.select(start, stop))
+    np.testing.assert_allclose(full.correlation(), ref, atol=1e-6)
+    for (start, stop), acc in zip(blocks, accs):
+        assert acc.n_b == stop - start
+        np.testing.assert_allclose(acc.correlation(), ref[:, start:stop], atol=1e-6)

@@ -72,6 +72,7 @@ each pass then only reads them back.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import threading
@@ -233,12 +234,14 @@ def _move(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, name: str) -> torch
 
 
 class _Part:
-    """Rows start:stop of a side's internal unit order: the layers multiplied at `grid` (None: at
-    the common grid), and where those rows go in the user's unit order, as (start, stop,
-    user_start) runs relative to `start`."""
+    """Units of one side multiplied at `grid` (None: at the common grid): `values` (rows,
+    n*h*w), centred, and where its rows go in the user's unit order, as (row_start, row_stop,
+    user_start) runs. A part cut out of another (`_Side.select`) keeps its `origin` and the
+    `offset` of its first row there, so work done on the origin's rows is shared."""
 
-    def __init__(self, grid, start, stop, runs):
-        self.grid, self.start, self.stop, self.runs = grid, start, stop, runs
+    def __init__(self, grid, values, runs, index, origin=None, offset=0):
+        self.grid, self.values, self.runs, self.index = grid, values, runs, index
+        self.origin, self.offset = origin or self, offset
 
     @property
     def area(self) -> float:
@@ -248,13 +251,12 @@ class _Part:
 class _Side:
     """One group's batch, centred, in the forms the products need.
 
-    Units are in an internal order: layers used at the common grid (H, W) first, then the layers
-    of each native grid (`_native_grids`), finest first; `parts` maps them back to the user's.
+    `parts`: the layers used at the common grid (H, W), then those of each native grid
+    (`_native_grids`), finest first; each part's runs map its rows back to the user's order.
 
-    * common part: z (C_r, n*H*W), the layers resized to (H, W) and centred, units first;
-    * native grid g = (h, w): nat[g] (C_g, n*h*w), the layers at their own grid, centred on the
-      mean of their resized maps.
-      Their resized maps are never formed: with Mh (H, h) and Mw (W, w) the resize matrices, the
+    * the common part's values (C_r, n*H*W): the layers resized to (H, W) and centred;
+    * a native part's values (C_g, n*h*w): the layers at their own grid g = (h, w), centred on
+      the mean of their resized maps. Their resized maps are never formed: with Mh (H, h) and Mw (W, w) the resize matrices, the
       sum of a resized map is a weighted sum of the native one, and its sum of squares is
       <x, (Mh^T Mh) x (Mw^T Mw)>.
 
@@ -277,9 +279,7 @@ class _Side:
         self.q = torch.empty(C, dtype=torch.float64, device=acc)
         self.centre = torch.empty(C, dtype=torch.float64, device=acc)
         self.parts: list[_Part] = []
-        self.nat: dict[tuple[int, int], torch.Tensor] = {}
         self._cache: dict = {}
-        row = 0
         for grid in [None] + native:
             members = [i for i, g in enumerate(grids) if (g if g in native else None) == grid]
             if not members:
@@ -308,18 +308,28 @@ class _Side:
                 else:
                     runs.append((r, r + c, user_start[i]))
                 r += c
-            part = _Part(grid, row, row + c_part, runs)
-            if grid is None:
-                self.z = out.view(c_part, -1)
-                s, q = self._sums(self.z)
-            else:
-                self.nat[grid] = out.view(c_part, -1)
-                s, q = self._native_sums(part)
+            part = _Part(grid, out.view(c_part, -1), runs, index=len(self.parts))
+            s, q = self._sums(part.values) if grid is None else self._native_sums(part)
             rows = torch.cat(user_rows).to(acc)
             self.s[rows], self.q[rows] = s, q
             self.centre[rows] = torch.cat(centres).to(acc, torch.float64)
             self.parts.append(part)
-            row += c_part
+
+    def select(self, start: int, stop: int) -> _Side:
+        """The same batch restricted to user units start:stop (a column block); shares the work."""
+        if stop > self.s.shape[0]:
+            raise InputError(f"cols=({start}, {stop}) is outside b's {self.s.shape[0]} units")
+        out = copy.copy(self)
+        out.parts = []
+        for part in self.parts:
+            for r0, r1, u0 in part.runs:
+                lo, hi = max(start, u0), min(stop, u0 + r1 - r0)
+                if lo < hi:
+                    a, b = r0 + lo - u0, r0 + hi - u0
+                    out.parts.append(_Part(part.grid, part.values[a:b], [(0, b - a, lo - start)],
+                                           index=part.index, origin=part, offset=a))
+        out.s, out.q, out.centre = self.s[start:stop], self.q[start:stop], self.centre[start:stop]
+        return out
 
     def _matrices(self, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Mh (H, h) and Mw (W, w), which resize `grid` to the common grid, in the work dtype."""
@@ -352,13 +362,12 @@ class _Side:
         """Sums over the resized grid of a native part: weighted sums of its values, and the
         quadratic form <x, (Mh^T Mh) x (Mw^T Mw)>; per image in float32, over images in float64."""
         acc = _accumulator_device(self.device)
-        z = self.nat[part.grid]
-        c, n = z.shape[0], self.n
+        c, n = part.values.shape[0], self.n
         ch, cw = self._weights(part.grid)
-        per_image = z.view(c * n, -1)
+        per_image = part.values.view(c * n, -1)
         s = torch.mv(per_image, torch.outer(ch, cw).flatten()).view(c, n)
         gram = self.moved(part, part.grid).view(c * n, -1)
-        prod = torch.mul(per_image, gram, out=_buffer("sq", gram.shape, z.dtype, z.device))
+        prod = torch.mul(per_image, gram, out=_buffer("sq", gram.shape, self.work, self.device))
         q = prod.sum(dim=1).view(c, n)
         return (s.to(acc, torch.float64).sum(dim=1), q.to(acc, torch.float64).sum(dim=1))
 
@@ -368,18 +377,20 @@ class _Side:
         With the other group's map y at `grid` upsampled as Mh y Mw^T, the sum over (H, W) of
         x * (Mh y Mw^T) equals the sum over (h, w) of (Mh^T x Mw) * y, so the product runs over
         h*w positions. A native part's x is itself Mh' x' Mw'^T, hence Mh^T Mh' x' Mw'^T Mw.
+        Computed once per (origin part, grid), then sliced.
         """
-        key = ("moved", part.start, grid)
+        origin = part.origin
+        key = ("moved", origin.index, grid)
         if key not in self._cache:
             mh, mw = self._matrices(grid)
-            name = f"moved{self.tag}{part.start}{grid}"
-            if part.grid is None:
-                out = _move(self.z.view(-1, *self.size), mh, mw, name)
+            name = f"moved{self.tag}{origin.index}{grid}"
+            if origin.grid is None:
+                out = _move(origin.values.view(-1, *self.size), mh, mw, name)
             else:
-                mh2, mw2 = self._matrices(part.grid)
-                out = _move(self.nat[part.grid].view(-1, *part.grid), mh2.T @ mh, mw2.T @ mw, name)
-            self._cache[key] = out.view(part.stop - part.start, -1)
-        return self._cache[key]
+                mh2, mw2 = self._matrices(origin.grid)
+                out = _move(origin.values.view(-1, *origin.grid), mh2.T @ mh, mw2.T @ mw, name)
+            self._cache[key] = out.view(origin.values.shape[0], -1)
+        return self._cache[key][part.offset:part.offset + part.values.shape[0]]
 
 
 def release_buffers() -> None:
@@ -529,39 +540,47 @@ class CrossCorrelation:
             size = grids.pop()
         if self.cols is not None:
             lb = _slice_units(lb, *self.cols)
-        n_a, n_b = sum(t.shape[1] for t in la), sum(t.shape[1] for t in lb)
-        if self._state is not None and (n_a, n_b) != (self.n_a, self.n_b):
-            raise InputError(f"a and b have {n_a} and {n_b} units; this accumulator holds "
-                             f"{self.n_a} and {self.n_b}")
-        dev = la[0].device
+        return self._update_sides(self._prepare(la, size, "a"), self._prepare(lb, size, "b"))
+
+    def _prepare(self, layers: list[torch.Tensor], size: tuple[int, int], tag: str) -> _Side:
+        """One group's batch, centred and laid out for the products, with this accumulator's
+        settings. Several accumulators with the same settings can share it (`_update_sides`);
+        live `_Side`s need distinct tags, which name their work buffers."""
         work = self._work_dtype
-        if work == torch.float32 and _reduced_precision_matmul(dev):
+        if work == torch.float32 and _reduced_precision_matmul(layers[0].device):
             warnings.warn("float32 matmuls may run in TF32/bf16 (torch float32 matmul precision is "
                           "not 'highest'); CrossCorrelation takes its products in float64 instead. "
                           "Set torch.backends.cuda.matmul.fp32_precision = 'ieee' for the faster "
-                          "float32 path.", RuntimeWarning, stacklevel=2)
+                          "float32 path.", RuntimeWarning, stacklevel=3)
             work = torch.float64
-        step = int(self.chunk_size)
-        side_a = _Side(la, size, work, step, "a")
-        side_b = _Side(lb, size, work, step, "b")
+        return _Side(layers, size, work, int(self.chunk_size), tag)
+
+    def _update_sides(self, side_a: _Side, side_b: _Side) -> CrossCorrelation:
+        """Add one batch given as prepared sides (B already cut to `cols`)."""
+        n_a, n_b = side_a.s.shape[0], side_b.s.shape[0]
+        if self._state is not None and (n_a, n_b) != (self.n_a, self.n_b):
+            raise InputError(f"a and b have {n_a} and {n_b} units; this accumulator holds "
+                             f"{self.n_a} and {self.n_b}")
+        if (side_a.n, side_a.size, side_a.work) != (side_b.n, side_b.size, side_b.work):
+            raise InputError("a and b were prepared with different batches or settings")
         sums = torch.stack([side_a.s.sum(), side_a.q.sum(), side_b.s.sum(), side_b.q.sum()])
         if not bool(torch.isfinite(sums).all()):
             raise InputError("a or b contains NaN or infinite values; the batch was not added")
 
-        acc_dev = self.device if self._state is not None else _accumulator_device(dev)
+        acc_dev = self.device if self._state is not None else _accumulator_device(side_a.device)
         if self._state is None:
             self._allocate(n_a, n_b, side_a.centre.to(acc_dev), side_b.centre.to(acc_dev))
         st = self._state
         for pa in side_a.parts:
             for pb in side_b.parts:
                 if pa.grid is None and pb.grid is None:  # both at the common grid
-                    left, right = side_a.z, side_b.z
+                    left, right = pa.values, pb.values
                 elif pb.area <= pa.area:  # at b's grid, the coarser
-                    left, right = side_a.moved(pa, pb.grid), side_b.nat[pb.grid]
+                    left, right = side_a.moved(pa, pb.grid), pb.values
                 else:  # at a's grid
-                    left, right = side_a.nat[pa.grid], side_b.moved(pb, pa.grid)
-                self._add_product(left, right, pa.runs, pb.runs, step, work)
-        m = side_a.n * size[0] * size[1]
+                    left, right = pa.values, side_b.moved(pb, pa.grid)
+                self._add_product(left, right, pa.runs, pb.runs, side_a.step, side_a.work)
+        m = side_a.n * side_a.size[0] * side_a.size[1]
         self._add_sums(m, side_a.s.to(acc_dev), side_a.q.to(acc_dev), side_b.s.to(acc_dev),
                        side_b.q.to(acc_dev), side_a.centre.to(acc_dev) - st["shift_a"],
                        side_b.centre.to(acc_dev) - st["shift_b"])

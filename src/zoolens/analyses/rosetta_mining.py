@@ -91,8 +91,13 @@ class _MiningSink:
         if not batch.indices:
             return
         native = {m: self.native(batch, m) for m in self.layers}
-        for (a, b, _), acc in self.acc.items():
-            acc.update(native[a], native[b])
+        # each model's batch is centred and laid out once, and shared by all its pairs
+        some = next(iter(self.acc.values()))
+        size = (self.resolution, self.resolution)
+        sides = {m: some._prepare(maps, size, tag=f"m{i}") for i, (m, maps) in
+                 enumerate(native.items()) if any(m in job[:2] for job in self.acc)}
+        for (a, b, cols), acc in self.acc.items():
+            acc._update_sides(sides[a], sides[b] if cols is None else sides[b].select(*cols))
         if self.track:
             for m, layers in native.items():
                 self.top[m].update(layers, batch.indices)
