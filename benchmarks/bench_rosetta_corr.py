@@ -58,17 +58,22 @@ def worker(method: str, n_images: int, out: str) -> None:
     from zoolens.stats import CrossCorrelation
 
     rss0 = rss_mb()
-    t_gen = t_corr = 0.0
-    if method == "streaming":
-        acc = CrossCorrelation(resolution=RES)
+    gen = [0.0]  # seconds spent generating batches, kept out of the correlation step
+    t_corr = 0.0
+
+    def timed_batches():
         it = _batches(n_images)
         while True:
             t = time.perf_counter()
-            try:
-                a, b = next(it)
-            except StopIteration:
-                break
-            t_gen += time.perf_counter() - t
+            batch = next(it, None)
+            gen[0] += time.perf_counter() - t
+            if batch is None:
+                return
+            yield batch
+
+    if method == "streaming":
+        acc = CrossCorrelation(resolution=RES)
+        for a, b in timed_batches():
             t = time.perf_counter()
             acc.update(a, b)
             t_corr += time.perf_counter() - t
@@ -77,14 +82,7 @@ def worker(method: str, n_images: int, out: str) -> None:
         t_corr += time.perf_counter() - t
     else:
         xs, ys = [], []
-        it = _batches(n_images)
-        while True:
-            t = time.perf_counter()
-            try:
-                a, b = next(it)
-            except StopIteration:
-                break
-            t_gen += time.perf_counter() - t
+        for a, b in timed_batches():
             t = time.perf_counter()
             b = resize_maps(b, RES)
             xs.append(a.permute(0, 2, 3, 1).reshape(-1, C_A).numpy())
@@ -105,7 +103,7 @@ def worker(method: str, n_images: int, out: str) -> None:
             corr = (x.T @ y) / x.shape[0]
         t_corr += time.perf_counter() - t
     np.save(out, corr)
-    print(json.dumps({"method": method, "images": n_images, "gen_s": t_gen,
+    print(json.dumps({"method": method, "images": n_images, "gen_s": gen[0],
                       "corr_s": t_corr, "rss_start_mb": rss0, "peak_rss_mb": peak_rss_mb(),
                       "threads": torch.get_num_threads()}))
 
