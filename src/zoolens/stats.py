@@ -256,9 +256,9 @@ class _Side:
 
     * the common part's values (C_r, n*H*W): the layers resized to (H, W) and centred;
     * a native part's values (C_g, n*h*w): the layers at their own grid g = (h, w), centred on
-      the mean of their resized maps. Their resized maps are never formed: with Mh (H, h) and Mw (W, w) the resize matrices, the
-      sum of a resized map is a weighted sum of the native one, and its sum of squares is
-      <x, (Mh^T Mh) x (Mw^T Mw)>.
+      the mean of their resized maps. Their resized maps are never formed: with Mh (H, h) and
+      Mw (W, w) the resize matrices, the sum of a resized map is a weighted sum of the native
+      one, and its sum of squares is <x, (Mh^T Mh) x (Mw^T Mw)>.
 
     s, q: float64 sums of the resized, centred values and their squares per unit; centre: the
     per-unit centres (float64). All three in the user's unit order.

@@ -3,9 +3,10 @@
 1. One streaming pass: every model sees every image (or the generator draws them and is tapped
    itself); each tapped layer's native maps are fed, per model pair, to exactly mergeable
    `CrossCorrelation` accumulators that count them as resized to one common resolution (and
-   take a coarser layer's products at its own grid, for the same sums at a fraction of the cost). Memory is O(units_a x units_b),
-   whatever the number of images. When all tables do not fit `max_memory`, B's units are split
-   into column blocks accumulated in further passes and reduced to top-K partners.
+   take a coarser layer's products at its own grid: the same sums for a fraction of the
+   flops). Memory is O(units_a x units_b), whatever the number of images. When all tables do
+   not fit `max_memory`, B's units are split into column blocks accumulated in further passes
+   and reduced to top-K partners.
 2. Best buddies per pair, Rosetta sets anchored on one model, dead units listed.
 3. A second, short pass over the images that excite the sets most: each set's standardised maps
    -> concepts by clustering (`cluster_sets`) -> one heatmap figure per concept.
@@ -70,8 +71,8 @@ class _TopImages:
 
 
 class _MiningSink:
-    """Per batch: update the pairs' accumulators of this pass with every model's native maps
-    (each accumulator resizes them to the common grid, or works at a coarser map's own grid)."""
+    """Per batch: prepare each model's native maps once (resized or kept at a coarser layer's
+    own grid, centred) and update the accumulators of this pass's pairs with them."""
 
     def __init__(self, layers: dict[str, list[str]], resolution: int,
                  jobs: list[tuple[str, str, tuple[int, int] | None]], track: bool):
