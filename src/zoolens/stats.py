@@ -21,7 +21,8 @@ float32 path as accurate as a float64 reference to ~1e-7 in the correlation:
   the sums of the centred values and the float64 offset between that centre and the
   accumulator's fixed `shift` (the first batch's centre) then move the product to the
   accumulator's frame exactly (a rank-2 float64 update). Only the rounding of each centred
-  sample (~6e-8 of the unit's spread) remains.
+  sample (~6e-8 of the unit's spread) remains. A layer that is resized is centred on its
+  native mean before the resize, whose float32 sums would otherwise round at the unit's level.
   Sums are kept relative to `shift`, so the final `cov = cross / n - mean_a mean_b` has no
   catastrophic cancellation either.
 * Chunking. A float32 dot product over m samples has a relative error that grows like sqrt(m)
@@ -293,15 +294,21 @@ class _Side:
             for i in members:
                 x = layers[i].to(work)
                 c = x.shape[1]
+                pre = None
                 if grid is None:
-                    x = resize_maps(x, size)
+                    if tuple(x.shape[-2:]) != size:
+                        # centre before resizing: the resize's float32 sums would round away
+                        # the digits of a unit whose level dwarfs its spread
+                        pre = x.mean(dim=(0, 2, 3))
+                        x = resize_maps(x - pre[:, None, None], size)
                     centre = x.sum(dim=(0, 2, 3)) / (n * H * W)
                 else:  # the mean of the resized maps, from the native ones
                     ch, cw = self._weights(grid)
                     centre = torch.mv(x.sum(dim=0).reshape(c, -1), torch.outer(ch, cw).flatten())
                     centre /= n * H * W
                 torch.sub(x.transpose(0, 1), centre[:, None, None, None], out=out[r:r + c])
-                centres.append(centre)
+                centre = centre.to(acc, torch.float64)
+                centres.append(centre if pre is None else centre + pre.to(acc, torch.float64))
                 user_rows.append(torch.arange(user_start[i], user_start[i] + c))
                 if runs and runs[-1][1] == r and runs[-1][2] + r - runs[-1][0] == user_start[i]:
                     runs[-1] = (runs[-1][0], r + c, runs[-1][2])
@@ -312,7 +319,7 @@ class _Side:
             s, q = self._sums(part.values) if grid is None else self._native_sums(part)
             rows = torch.cat(user_rows).to(acc)
             self.s[rows], self.q[rows] = s, q
-            self.centre[rows] = torch.cat(centres).to(acc, torch.float64)
+            self.centre[rows] = torch.cat(centres)
             self.parts.append(part)
 
     def select(self, start: int, stop: int) -> _Side:
