@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 import zoolens
+from cka_reference import ref_hsic1
 from zoolens.analyses.compare import CompareResult, compare, plot_matrix
 from zoolens.analyses.similarity import mutual_knn
 from zoolens.errors import InputError, UnknownLayerError
@@ -32,21 +33,10 @@ def _ref_cka(x, y):
     return np.sum(k * l_) / np.sqrt(np.sum(k * k) * np.sum(l_ * l_))
 
 
-def _ref_hsic1(x, y):
-    """Unbiased HSIC (Song et al. 2012) of linear kernels, from the formula."""
-    n = x.shape[0]
-    k, l_ = x @ x.T, y @ y.T
-    np.fill_diagonal(k, 0.0)
-    np.fill_diagonal(l_, 0.0)
-    one = np.ones(n)
-    return (np.trace(k @ l_) + (one @ k @ one) * (one @ l_ @ one) / ((n - 1) * (n - 2))
-            - 2.0 / (n - 2) * (one @ k @ l_ @ one)) / (n * (n - 3))
-
-
 def _ref_minibatch_cka(x, y, parts):
-    kl = sum(_ref_hsic1(x[p], y[p]) for p in parts)
-    kk = sum(_ref_hsic1(x[p], x[p]) for p in parts)
-    ll = sum(_ref_hsic1(y[p], y[p]) for p in parts)
+    kl = sum(ref_hsic1(x[p], y[p]) for p in parts)
+    kk = sum(ref_hsic1(x[p], x[p]) for p in parts)
+    ll = sum(ref_hsic1(y[p], y[p]) for p in parts)
     return kl / np.sqrt(kk * ll)
 
 

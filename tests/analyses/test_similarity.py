@@ -1,10 +1,11 @@
-"""Tests for zoolens.analyses.similarity against float64 NumPy references written here."""
+"""Tests for zoolens.analyses.similarity against float64 NumPy references (here and in cka_reference.py)."""
 
 
 import numpy as np
 import pytest
 import torch
 
+from cka_reference import ref_hsic1
 from zoolens.analyses.similarity import (
     CKAAccumulator,
     LayerCKA,
@@ -33,21 +34,10 @@ def _ref_cka(x, y):
     return hsic(k, l_) / np.sqrt(hsic(k, k) * hsic(l_, l_))
 
 
-def _ref_hsic1(x, y):
-    """Unbiased HSIC (Song et al. 2012) of linear kernels, literally from the formula."""
-    n = x.shape[0]
-    k, l_ = x @ x.T, y @ y.T
-    np.fill_diagonal(k, 0.0)
-    np.fill_diagonal(l_, 0.0)
-    one = np.ones(n)
-    return (np.trace(k @ l_) + (one @ k @ one) * (one @ l_ @ one) / ((n - 1) * (n - 2))
-            - 2.0 / (n - 2) * one @ k @ l_ @ one) / (n * (n - 3))
-
-
 def _ref_minibatch_cka(x, y, bounds):
-    xy = np.mean([_ref_hsic1(x[s:e], y[s:e]) for s, e in zip(bounds[:-1], bounds[1:])])
-    xx = np.mean([_ref_hsic1(x[s:e], x[s:e]) for s, e in zip(bounds[:-1], bounds[1:])])
-    yy = np.mean([_ref_hsic1(y[s:e], y[s:e]) for s, e in zip(bounds[:-1], bounds[1:])])
+    xy = np.mean([ref_hsic1(x[s:e], y[s:e]) for s, e in zip(bounds[:-1], bounds[1:])])
+    xx = np.mean([ref_hsic1(x[s:e], x[s:e]) for s, e in zip(bounds[:-1], bounds[1:])])
+    yy = np.mean([ref_hsic1(y[s:e], y[s:e]) for s, e in zip(bounds[:-1], bounds[1:])])
     return xy / np.sqrt(xx * yy)
 
 
