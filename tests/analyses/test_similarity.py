@@ -1,4 +1,5 @@
-"""Tests for zoolens.analyses.similarity against float64 NumPy references (here and in cka_reference.py)."""
+"""Tests for zoolens.analyses.similarity against float64 NumPy references (see also
+cka_reference.py)."""
 
 
 import numpy as np
