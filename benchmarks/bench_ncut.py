@@ -34,7 +34,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
-from zoolens.analyses import discovery as dc  # noqa: E402
+from zoolens.analyses.discovery import cuts as dc  # noqa: E402
 
 
 def planted_image(rng: np.random.Generator, rows: int, cols: int, dim: int,

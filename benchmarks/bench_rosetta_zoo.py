@@ -4,8 +4,8 @@ Model A (default `timm:resnet18`, its 4 stage outputs: 64@56x56, 128@28, 256@14,
 model B (default `timm:vit_tiny_patch16_224`, its 12 blocks: 192 ch each on the 14x14 patch grid,
 the CLS token dropped) see the same `synthetic:scenes` images at 224 px, random weights (no
 download). Every unit of A is correlated with every unit of B over (image, position) samples at
-a common resolution R (default: `rosetta_mining.default_resolution`, the largest grid capped
-at 32), as `zoolens.analyses.rosetta_mining.rosetta` does.
+a common resolution R (default: `zoolens.analyses.rosetta.default_resolution`, the largest grid capped
+at 32), as `zoolens.analyses.rosetta.rosetta` does.
 
 Step 0, "forward" (shared, timed once): both models run over the images with zoolens' engine and
 every batch's native per-layer maps (float32, (B, C, h, w)) are saved as .npy files in a temporary
@@ -82,7 +82,7 @@ def forward(specs: list[str], selectors: list[str], n_images: int, batch: int,
             resolution: int | None, folder: Path) -> dict:
     """Run both models over the images once; save the maps and a meta.json; return the meta."""
     import zoolens
-    from zoolens.analyses.rosetta_mining import default_resolution
+    from zoolens.analyses.rosetta import default_resolution
     from zoolens.engine import run
     from zoolens.sources import open_source
 
@@ -139,7 +139,7 @@ def worker(method: str, folder: str, n_images: int, out: str) -> None:
     import numpy as np
     import torch
 
-    from zoolens.analyses.rosetta import concat_resized
+    from zoolens.resize import concat_resized
     from zoolens.stats import CrossCorrelation
 
     folder = Path(folder)
@@ -232,7 +232,7 @@ def main() -> None:
     p.add_argument("--images", type=int, nargs=2, default=[48, 96])
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--resolution", type=int, default=None,
-                   help="common grid R (default: rosetta_mining.default_resolution)")
+                   help="common grid R (default: zoolens.analyses.rosetta.default_resolution)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2,
                    help="runs per (method, images); the fastest step is kept, peak memory the max")

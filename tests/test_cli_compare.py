@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 from typer.testing import CliRunner
 
-from zoolens.analyses.compare import CompareResult, compare
+from zoolens.analyses.similarity import CompareResult, compare
 from zoolens.cli import app
 
 runner = CliRunner()

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 import zoolens
 from zoolens.analyses.discovery import mask_bbox
-from zoolens.analyses.objects import discover
-from zoolens.analyses.visualize import visualize
+from zoolens.analyses.discovery import discover
+from zoolens.analyses.discovery import visualize
 from zoolens.cli import app
 
 runner = CliRunner()

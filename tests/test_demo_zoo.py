@@ -178,7 +178,7 @@ def test_generator_samples(scenes):
             assert float((x.mean((0, 2, 3)) - data.mean((0, 2, 3))).abs().max()) > 0.1
             assert _tv(x) / _tv(data) > 2.0
     assert dist[True] < 0.5 * dist[False], dist
-    pil = GeneratedImages(zoolens.load(DEMO_ZOO["generator"], device="cpu"), n=2).decode(1).image
+    pil = GeneratedImages(zoolens.load(DEMO_ZOO["generator"], device="cpu"), n=2).draw(1)
     assert pil.size == (64, 64) and pil.mode == "RGB"
 
 

@@ -115,9 +115,9 @@ def _write_visualize(folder: Path) -> dict:
 def make_results(root: Path, cnn_file: Path) -> Path:
     """A demo-like folder: real rosetta (with real concept scores) and compare runs of two tiny
     models, hand-made probe, discover and visualize results."""
-    from zoolens.analyses.compare import compare, plot_matrix
-    from zoolens.analyses.concept_scores import score_concepts
-    from zoolens.analyses.rosetta_mining import rosetta
+    from zoolens.analyses.similarity import compare, plot_matrix
+    from zoolens.demo.scoring import score_concepts
+    from zoolens.analyses.rosetta import rosetta
     from zoolens.sources import open_source
 
     cnn = f"file:{cnn_file}:tiny_cnn"

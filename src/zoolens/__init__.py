@@ -1,13 +1,8 @@
 """zoolens: look inside a zoo of pretrained vision models."""
 
-from .analyses.discovery import maskcut, ncut
-from .analyses.objects import discover
-from .analyses.visualize import visualize
-from .analyses.probes.evaluate import probe
-from .analyses.probes.knn import knn_classify
-from .analyses.probes.logme import logme
-from .analyses.probes.zeroshot import zeroshot_classifier, zeroshot_scores
-from .analyses.rosetta_mining import rosetta
+from .analyses.discovery import discover, maskcut, ncut, visualize
+from .analyses.probes import knn_classify, logme, probe, zeroshot_classifier, zeroshot_scores
+from .analyses.rosetta import rosetta
 from .analyses.similarity import linear_cka as cka
 from .analyses.similarity import mutual_knn, unbiased_cka
 from .errors import InputError, NotFittedError, UnknownLayerError, UnknownModelError, ZoolensError

@@ -7,7 +7,7 @@ import torch
 
 from .errors import InputError
 
-__all__ = ["as_features", "as_labels"]
+__all__ = ["as_features", "as_labels", "as_tensor64"]
 
 
 def as_features(x, name: str = "x", *, ndim: int = 2, min_samples: int = 1,
@@ -39,3 +39,24 @@ def as_labels(y, name: str = "labels", *, n: int | None = None) -> np.ndarray:
     if n is not None and arr.shape[0] != n:
         raise InputError(f"{name}: has {arr.shape[0]} labels for {n} samples")
     return arr
+
+
+def as_tensor64(x, name: str, device: torch.device, *, flatten: bool = False) -> torch.Tensor:
+    """Validate `x` as a float64 tensor on `device`: (n, d), or (n, ...) flattened to (n, -1)."""
+    if not isinstance(x, torch.Tensor):
+        arr = np.asarray(x)
+        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+            raise InputError(f"{name}: expected numbers, got dtype {arr.dtype}")
+        x = torch.from_numpy(np.ascontiguousarray(arr))
+    if x.is_complex():
+        raise InputError(f"{name}: expected real numbers, got dtype {x.dtype}")
+    if flatten:
+        if x.ndim < 2:
+            raise InputError(f"{name}: expected an array of shape (n, ...), got shape {tuple(x.shape)}")
+        x = x.reshape(x.shape[0], -1)
+    elif x.ndim != 2:
+        raise InputError(f"{name}: expected a 2D array, got {x.ndim}D with shape {tuple(x.shape)}")
+    x = x.detach().to(device=device, dtype=torch.float64)
+    if not bool(torch.isfinite(x).all()):
+        raise InputError(f"{name}: contains NaN or infinite values")
+    return x

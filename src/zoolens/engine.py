@@ -1,9 +1,17 @@
 """One streaming pass: images -> every model (each with its own preprocessing) -> hooks that
-reduce each tapped output at once -> sinks (a store writer, statistic accumulators).
+reduce each tapped output at once -> sinks.
 
-Memory holds one batch of activations at a time, whatever the number of images. Images are
-decoded once, in DataLoader workers, and each model's preprocessing is applied to the decoded
-image there too."""
+Every image that reaches a model comes through here. Items are decoded once, in DataLoader
+workers, where each model's preprocessing is applied to the decoded image too, along with the
+per-image facts sinks may ask for (`Need`): the decoded size, where each model's input lies in
+the image (`zoolens.zoo.window`), the decoded pixels. A source whose items are latents is drawn
+by a zoo member (`ImageSource.drawn_by`): that model runs first in each batch, its own layers
+tapped like any other's, and the others look at what it drew.
+
+Memory holds one batch of activations at a time, whatever the number of images. The analyses
+rarely call `run` themselves: `zoolens.plan.run` plans a pass for a set of sinks, and replays a
+feature store instead when one already holds what they need.
+"""
 
 from __future__ import annotations
 
@@ -12,39 +20,23 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol, Sequence
+from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .errors import InputError
+from .sinks import Batch, Need, Sink
 from .sources import BadImage, ImageSource
-from .sources.generated import GeneratedImages
-from .taps import first_tensor, hooks, pool
+from .taps import OUTPUT, first_tensor, hooks, pool
 from .zoo.model import Model
 from .zoo.registry import resolve_device
+from .zoo.window import WindowProbe
 
-__all__ = ["Batch", "Sink", "Request", "RunSummary", "run", "plan_batches", "progress_bar"]
+__all__ = ["RunSummary", "run", "plan_batches", "progress_bar", "default_workers"]
 
 log = logging.getLogger("zoolens")
-
-# model name -> layer name -> the poolings wanted ("mean", "cls", "none")
-Request = dict[str, dict[str, set[str]]]
-
-
-@dataclass
-class Batch:
-    """What sinks receive: the images that decoded, and the tapped, reduced activations."""
-
-    indices: list[int]  # positions in the source
-    ids: list[str]
-    features: dict[str, dict[str, dict[str, torch.Tensor]]]  # model -> layer -> pool -> tensor
-    skipped: list[dict] = field(default_factory=list)  # {"index", "id", "reason"}
-    notes: list[dict] = field(default_factory=list)  # {"index", "id", "note"} e.g. converted
-
-
-class Sink(Protocol):
-    def update(self, batch: Batch) -> None: ...
 
 
 @dataclass
@@ -54,48 +46,72 @@ class RunSummary:
     notes: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     device: str = "cpu"
+    forwards: int = 0  # model forward passes (one per model and batch)
+
+
+@dataclass
+class _Item:
+    index: int
+    inputs: list | None = None  # per model: its preprocessed input, or None (drawn later)
+    reason: str | None = None  # why the item cannot be used
+    note: str | None = None
+    size: tuple[int, int] | None = None
+    windows: list | None = None  # per model, when asked
+    image: np.ndarray | None = None  # the decoded pixels, when asked
 
 
 class _Decoding(Dataset):
     """Decodes item i once and applies every model's preprocessing to it (in a worker)."""
 
-    def __init__(self, source: ImageSource, preprocess: Sequence):
-        self.source, self.preprocess = source, list(preprocess)
+    def __init__(self, source: ImageSource, models: Sequence[Model], need: Need):
+        self.source = source
+        # a generator's input is the item's latent itself: no preprocessing
+        self.preprocess = [None if m.is_generator else m.preprocess for m in models]
+        self.probes = ([None if m.is_generator else WindowProbe(m.preprocess, m.input_size)
+                        for m in models] if need.windows else None)
+        self.keep_images = need.images
 
     def __len__(self):
         return len(self.source)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int) -> _Item:
         try:
             decoded = self.source.decode(index)
-            tensors = [p(decoded.image) for p in self.preprocess]
+            image = decoded.image
+            inputs = [decoded.latent if p is None else (p(image) if image is not None else None)
+                      for p in self.preprocess]
         except BadImage as exc:
-            return index, None, str(exc), None
+            return _Item(index, reason=str(exc))
         except Exception as exc:  # a preprocessing that chokes on one image: skip it, say why
-            return index, None, f"preprocessing failed: {type(exc).__name__}: {exc}", None
-        return index, tensors, None, decoded.note
+            return _Item(index, reason=f"preprocessing failed: {type(exc).__name__}: {exc}")
+        item = _Item(index, inputs, note=decoded.note)
+        if image is not None:
+            item.size = (image.height, image.width)
+            if self.probes is not None:
+                item.windows = [p(item.size) if p else None for p in self.probes]
+            if self.keep_images:
+                item.image = np.asarray(image)
+        return item
 
 
-def _collate(items):
-    good = [it for it in items if it[1] is not None]
-    bad = [(it[0], it[2]) for it in items if it[1] is None]
-    notes = [(it[0], it[3]) for it in good if it[3]]
-    indices = [it[0] for it in good]
-    per_model = []
-    if good:
-        for m in range(len(good[0][1])):
-            shapes = {tuple(it[1][m].shape) for it in good}
-            if len(shapes) > 1:
-                raise InputError(f"model #{m}'s preprocessing gives images of different sizes "
-                                 f"{sorted(shapes)}; it must resize or crop to one size")
-            per_model.append(torch.stack([it[1][m] for it in good]))
-    return indices, per_model, bad, notes
+def _collate(items: list[_Item]):
+    return items
+
+
+def _stack(model: Model, tensors: list[torch.Tensor]) -> torch.Tensor:
+    shapes = {tuple(t.shape) for t in tensors}
+    if len(shapes) > 1:
+        raise InputError(f"{model.spec}: its preprocessing gives images of different sizes "
+                         f"{sorted(shapes)}; it must resize or crop to one size")
+    return torch.stack(tensors)
 
 
 def plan_batches(indices: Iterable[int], batch_size: int,
                  chunk_size: int | None = None) -> list[list[int]]:
     """Batches of at most `batch_size`, in the given order, that never straddle a chunk boundary,
     so a resumed run feeds the models exactly the batches an uninterrupted one does."""
+    if batch_size < 1:
+        raise InputError(f"batch size {batch_size}: must be at least 1")
     batches: list[list[int]] = []
     for i in indices:
         same_chunk = chunk_size is None or (batches and i // chunk_size == batches[-1][-1] // chunk_size)
@@ -110,59 +126,62 @@ def default_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
 
-def run(models: Sequence[Model], source: ImageSource, request: Request, sinks: Sequence[Sink], *,
-        indices: Iterable[int] | None = None, batch_size: int = 32, chunk_size: int | None = None,
-        num_workers: int | None = None, device=None, amp: bool = False,
-        progress: bool = True) -> RunSummary:
-    """Stream `source` (or its `indices`) through every model, calling each sink per batch.
-
-    `request` names, per model and layer, the poolings to compute inside the hooks."""
+def _zoo(models: Sequence[Model], source: ImageSource) -> list[Model]:
+    """The models of a pass in running order: the source's drawing model first."""
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise InputError(f"two models share a name ({names}); give each a distinct name")
-    device = resolve_device(device) if device is not None else models[0].device
-    generator = source.generator if isinstance(source, GeneratedImages) else None
+    drawer = source.drawn_by
     for m in models:
-        if m.is_generator and m is not generator:
+        if m.is_generator and m is not drawer:
             raise InputError(f"{m.spec} is a generator (latent -> image): give it as the image "
                              "source (--generator), not as a model looking at images")
-    for m in list(models) + ([generator] if generator is not None else []):
+    if drawer is None:
+        return list(models)
+    return [drawer] + [m for m in models if m is not drawer]
+
+
+def run(models: Sequence[Model], source: ImageSource, need: Need, sinks: Sequence[Sink], *,
+        indices: Iterable[int] | None = None, batch_size: int = 32, chunk_size: int | None = None,
+        num_workers: int | None = None, device=None, amp: bool = False, progress: bool = True,
+        desc: str = "extracting") -> RunSummary:
+    """Stream `source` (or its `indices`, in that order) through every model, calling each sink
+    per batch. `need` names, per model and layer, the reductions computed inside the hooks, and
+    the per-image facts wanted (`Need.images`, `Need.windows`)."""
+    zoo = _zoo(models, source)
+    device = resolve_device(device if device is not None or not zoo else zoo[0].device)
+    for m in zoo:
         if m.device != device:
             m.module.to(device)
             m.device = device
     indices = list(range(len(source))) if indices is None else list(indices)
     batches = plan_batches(indices, batch_size, chunk_size)
-    infos = {m.name: {i.name: i for i in m.layers(list(request[m.name]))} if request.get(m.name)
-             else {} for m in models}
+    infos = {m.name: {i.name: i for i in m.layers(list(need.taps[m.name]))}
+             if need.taps.get(m.name) else {} for m in zoo}
     summary = RunSummary(device=str(device))
     autocast = (torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda"
                                else torch.bfloat16) if amp else contextlib.nullcontext())
-    if isinstance(source, GeneratedImages):
-        feed = _generated(source, models, batches, request, infos, device, autocast)
-    else:
-        workers = default_workers() if num_workers is None else num_workers
-        feed = _decoded(source, models, batches, workers, device)
-    bar = progress_bar(len(indices), progress)
+    workers = default_workers() if num_workers is None else num_workers
+    if workers < 0:
+        raise InputError(f"workers {workers}: must be 0 (decode in this process) or more")
+    dataset = _Decoding(source, zoo, need)
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers,
+                        collate_fn=_collate, pin_memory=device.type == "cuda")
+    bar = progress_bar(len(indices), progress, desc)
     start = time.perf_counter()
     try:
-        for batch_indices, inputs, features, bad, notes in feed:
-            skipped = [{"index": i, "id": source.ids[i], "reason": r} for i, r in bad]
-            for s in skipped:
+        for items in loader:
+            batch = _forward_batch(zoo, source, items, need, infos, device, autocast, dataset)
+            summary.forwards += len(zoo) if batch.indices else 0
+            for s in batch.skipped:
                 log.warning("skipped %s: %s", s["id"], s["reason"])
-            for model in models:
-                if batch_indices and model.name not in features:
-                    features[model.name], _ = _forward(
-                        model, inputs[model.name].to(device, non_blocking=True),
-                        request.get(model.name, {}), infos[model.name], autocast)
-            batch = Batch(batch_indices, [source.ids[i] for i in batch_indices], features,
-                          skipped, [{"index": i, "id": source.ids[i], "note": n} for i, n in notes])
             for sink in sinks:
                 sink.update(batch)
-            summary.images += len(batch_indices)
-            summary.skipped += skipped
+            summary.images += len(batch.indices)
+            summary.skipped += batch.skipped
             summary.notes += batch.notes
-            bar.update(len(batch_indices) + len(bad))
-            if skipped:
+            bar.update(len(items))
+            if batch.skipped:
                 bar.set_postfix(skipped=len(summary.skipped))
     finally:
         bar.close()
@@ -170,41 +189,69 @@ def run(models: Sequence[Model], source: ImageSource, request: Request, sinks: S
     return summary
 
 
-def _decoded(source, models, batches, workers, device):
-    """Batches decoded and preprocessed in DataLoader workers."""
-    loader = DataLoader(_Decoding(source, [m.preprocess for m in models]), batch_sampler=batches,
-                        num_workers=workers, collate_fn=_collate,
-                        pin_memory=device.type == "cuda")
-    for indices, per_model, bad, notes in loader:
-        yield indices, {m.name: x for m, x in zip(models, per_model)}, {}, bad, notes
-
-
-def _generated(source, models, batches, request, infos, device, autocast):
-    """Batches drawn by a generator on the device; the generator's own taps come with them and
-    every other model's preprocessing is applied to the generated images."""
-    gen = source.generator
-    others = [m for m in models if m is not gen]
-    for indices in batches:
-        z = source.latents(indices).to(device)
-        taps, images = _forward(gen, z, request.get(gen.name, {}), infos.get(gen.name, {}),
+def _forward_batch(zoo: list[Model], source: ImageSource, items: list[_Item], need: Need, infos,
+                   device, autocast, dataset: _Decoding) -> Batch:
+    """Every model on one decoded batch -> the Batch the sinks see."""
+    good = [it for it in items if it.reason is None]
+    ids = source.ids
+    batch = Batch([it.index for it in good], [ids[it.index] for it in good], {},
+                  skipped=[{"index": it.index, "id": ids[it.index], "reason": it.reason}
+                           for it in items if it.reason is not None],
+                  notes=[{"index": it.index, "id": ids[it.index], "note": it.note}
+                         for it in good if it.note],
+                  sizes=[it.size for it in good],
+                  images=[it.image for it in good] if need.images else None)
+    if need.windows:
+        batch.windows = {m.name: [it.windows[k] for it in good] for k, m in enumerate(zoo)
+                         if not m.is_generator}
+    if not good:
+        return batch
+    drawn = None  # images drawn by a generator earlier in this batch
+    for k, model in enumerate(zoo):
+        parts = [it.inputs[k] for it in good]
+        if parts[0] is None:  # this model looks at what the generator drew
+            parts = [model.preprocess(im) for im in drawn]
+        x = _stack(model, parts).to(device, non_blocking=True)
+        taps, output = _forward(model, x, need.taps.get(model.name, {}), infos[model.name],
                                 autocast)
-        pil = source.to_pil(first_tensor(images))
-        inputs = {m.name: torch.stack([m.preprocess(p) for p in pil]) for m in others}
-        features = {gen.name: taps} if gen in models else {}
-        yield list(indices), inputs, features, [], []
+        if model.name in need.taps:
+            batch.features[model.name] = taps
+        if model.is_generator:
+            drawn = model.to_images(output)
+            batch.sizes = [(im.height, im.width) for im in drawn]
+            if need.images:
+                batch.images = [np.asarray(im) for im in drawn]
+            if need.windows:
+                for j, m in enumerate(zoo):
+                    if not m.is_generator:
+                        batch.windows[m.name] = [dataset.probes[j](s) for s in batch.sizes]
+    return batch
 
 
 def _forward(model: Model, x: torch.Tensor, wanted: dict[str, set[str]], infos, autocast):
-    """One model on one batch; each tapped output is pooled inside its hook.
-    Returns (taps: layer -> pool -> tensor, the model's output)."""
+    """One model on one batch; each tapped output (or input) is reduced inside its hook.
+    Returns (taps: layer -> reduction -> tensor, the model's output)."""
     out: dict[str, dict[str, torch.Tensor]] = {}
+    pseudo = OUTPUT in wanted and OUTPUT not in model.module_names  # the forward's own output
+    outputs = [n for n, hows in wanted.items() if not (pseudo and n == OUTPUT) and any(
+        not h.startswith("input:") for h in hows)]
+    inputs = [n for n, hows in wanted.items() if any(h.startswith("input:") for h in hows)]
 
     def reduce(name, output):
         t = first_tensor(output)
-        out[name] = {how: pool(t, infos[name], how) for how in wanted[name]}
+        out.setdefault(name, {}).update(
+            {how: pool(t, infos[name], how) for how in wanted[name] if not how.startswith("input:")})
 
-    with torch.inference_mode(), autocast, hooks(model.module, list(wanted), reduce):
+    def reduce_input(name, tensor):
+        out.setdefault(name, {}).update(
+            {how: pool(tensor, infos[name], how.split(":", 1)[1]) for how in wanted[name]
+             if how.startswith("input:")})
+
+    with torch.inference_mode(), autocast, hooks(model.module, outputs, reduce,
+                                                 input_names=inputs, input_fn=reduce_input):
         result = model.forward(x)
+    if pseudo:
+        reduce(OUTPUT, result)
     return out, result
 
 

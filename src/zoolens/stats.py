@@ -87,7 +87,7 @@ import torch
 from .errors import InputError, NotFittedError
 from .resize import as_size, interpolation_matrix, resize_maps
 
-__all__ = ["CrossCorrelation", "TopKPartners", "plan_column_blocks", "release_buffers"]
+__all__ = ["CrossCorrelation", "Prepared", "TopKPartners", "plan_column_blocks", "release_buffers"]
 
 _FORMAT_VERSION = 2
 _SAVE_KEYS = ("sum_a", "sumsq_a", "sum_b", "sumsq_b", "cross", "shift_a", "shift_b")
@@ -201,7 +201,7 @@ def _native_grids(grids: Sequence[tuple[int, int]], channels: Sequence[int],
 
     A layer coarser than the common grid (H, W) is only upsampled, so its products can be taken at
     its own h x w positions after the other group's maps are moved there by the resize's adjoint
-    (`_Side.moved`). Per unit of the other group that costs H W w + H w h multiply-adds for the
+    (`Prepared.moved`). Per unit of the other group that costs H W w + H w h multiply-adds for the
     adjoint plus c h w for the product, against c H W for the product at (H, W).
     """
     H, W = size
@@ -237,7 +237,7 @@ def _move(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, name: str) -> torch
 class _Part:
     """Units of one side multiplied at `grid` (None: at the common grid): `values` (rows,
     n*h*w), centred, and where its rows go in the user's unit order, as (row_start, row_stop,
-    user_start) runs. A part cut out of another (`_Side.select`) keeps its `origin` and the
+    user_start) runs. A part cut out of another (`Prepared.select`) keeps its `origin` and the
     `offset` of its first row there, so work done on the origin's rows is shared."""
 
     def __init__(self, grid, values, runs, index, origin=None, offset=0):
@@ -249,7 +249,7 @@ class _Part:
         return math.inf if self.grid is None else self.grid[0] * self.grid[1]
 
 
-class _Side:
+class Prepared:
     """One group's batch, centred, in the forms the products need.
 
     `parts`: the layers used at the common grid (H, W), then those of each native grid
@@ -322,7 +322,7 @@ class _Side:
             self.centre[rows] = torch.cat(centres)
             self.parts.append(part)
 
-    def select(self, start: int, stop: int) -> _Side:
+    def columns(self, start: int, stop: int) -> Prepared:
         """The same batch restricted to user units start:stop (a column block); shares the work."""
         if stop > self.s.shape[0]:
             raise InputError(f"cols=({start}, {stop}) is outside b's {self.s.shape[0]} units")
@@ -529,8 +529,11 @@ class CrossCorrelation:
 
         Without `resolution` every map must share one grid; with it, each layer may have its own
         and counts as resized to `resolution` (`zoolens.resize.resize_maps`). Tensors may live on
-        any device; the sums stay there (float64). Returns self.
+        any device; the sums stay there (float64). `a` and `b` may also be groups made once by
+        `prepare` and shared by several accumulators with the same settings. Returns self.
         """
+        if isinstance(a, Prepared) and isinstance(b, Prepared):
+            return self._update_prepared(a, b if self.cols is None else b.columns(*self.cols))
         la = _as_layers(a, "a")
         lb = _as_layers(b, "b", device=la[0].device)
         if len({t.shape[0] for t in la + lb}) != 1:
@@ -547,12 +550,19 @@ class CrossCorrelation:
             size = grids.pop()
         if self.cols is not None:
             lb = _slice_units(lb, *self.cols)
-        return self._update_sides(self._prepare(la, size, "a"), self._prepare(lb, size, "b"))
+        return self._update_prepared(self._prepare(la, size, "a"), self._prepare(lb, size, "b"))
 
-    def _prepare(self, layers: list[torch.Tensor], size: tuple[int, int], tag: str) -> _Side:
-        """One group's batch, centred and laid out for the products, with this accumulator's
-        settings. Several accumulators with the same settings can share it (`_update_sides`);
-        live `_Side`s need distinct tags, which name their work buffers."""
+    def prepare(self, maps, tag: str) -> Prepared:
+        """One group's batch (a list of (B, C_l, h_l, w_l) maps, one per layer), centred and laid
+        out for the products with this accumulator's settings, once: several accumulators with
+        the same settings update from it (`update(prepared_a, prepared_b)`; those with `cols`
+        take their column block of b themselves). Groups alive at once need distinct tags, which
+        name their work buffers."""
+        if self.resolution is None:
+            raise InputError("prepare needs CrossCorrelation(resolution=...)")
+        return self._prepare(_as_layers(maps, tag), self.resolution, tag)
+
+    def _prepare(self, layers: list[torch.Tensor], size: tuple[int, int], tag: str) -> Prepared:
         work = self._work_dtype
         if work == torch.float32 and _reduced_precision_matmul(layers[0].device):
             warnings.warn("float32 matmuls may run in TF32/bf16 (torch float32 matmul precision is "
@@ -560,9 +570,9 @@ class CrossCorrelation:
                           "Set torch.backends.cuda.matmul.fp32_precision = 'ieee' for the faster "
                           "float32 path.", RuntimeWarning, stacklevel=3)
             work = torch.float64
-        return _Side(layers, size, work, int(self.chunk_size), tag)
+        return Prepared(layers, size, work, int(self.chunk_size), tag)
 
-    def _update_sides(self, side_a: _Side, side_b: _Side) -> CrossCorrelation:
+    def _update_prepared(self, side_a: Prepared, side_b: Prepared) -> CrossCorrelation:
         """Add one batch given as prepared sides (B already cut to `cols`)."""
         n_a, n_b = side_a.s.shape[0], side_b.s.shape[0]
         if self._state is not None and (n_a, n_b) != (self.n_a, self.n_b):
@@ -721,20 +731,21 @@ class CrossCorrelation:
                 state[key] = self._state[key].cpu().numpy()
         return state
 
-    @classmethod
-    def from_state_dict(cls, state, *, device: str | torch.device | None = None,
+    def load_state_dict(self, state, *, device: str | torch.device | None = None,
                         ) -> CrossCorrelation:
-        """Rebuild an accumulator from `state_dict()` output; sums go to `device` (default CPU)."""
+        """Replace this accumulator's settings and sums by `state_dict()` output; sums go to
+        `device` (default CPU). Returns self."""
         try:
             version = int(state["format_version"])
             if version not in (1, _FORMAT_VERSION):  # version 1 had no resolution
                 raise InputError(f"state: format version {version}, expected {_FORMAT_VERSION}")
             cols = tuple(int(c) for c in np.asarray(state["cols"]))
             res = tuple(int(r) for r in np.asarray(state.get("resolution", (-1, -1))))
-            acc = cls(cols=None if cols == (-1, -1) else cols,
-                      resolution=None if res == (-1, -1) else res,
-                      chunk_size=int(state["chunk_size"]), matmul_dtype=str(state["matmul_dtype"]),
-                      dead_rtol=float(state["dead_rtol"]))
+            self.__init__(cols=None if cols == (-1, -1) else cols,
+                          resolution=None if res == (-1, -1) else res,
+                          chunk_size=int(state["chunk_size"]),
+                          matmul_dtype=str(state["matmul_dtype"]),
+                          dead_rtol=float(state["dead_rtol"]))
             n = int(state["n"])
             arrays = {k: np.asarray(state[k], dtype=np.float64) for k in _SAVE_KEYS}
         except KeyError as err:
@@ -748,9 +759,9 @@ class CrossCorrelation:
                     raise InputError(f"state: {key} has shape {arrays[key].shape}, expected "
                                      f"{shape}")
             dev = torch.device(device) if device is not None else torch.device("cpu")
-            acc._state = {k: torch.from_numpy(v.copy()).to(dev) for k, v in arrays.items()}
-            acc.n = n
-        return acc
+            self._state = {k: torch.from_numpy(v.copy()).to(dev) for k, v in arrays.items()}
+            self.n = n
+        return self
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the state to an .npz file, atomically (a crash leaves the old file intact)."""
@@ -766,7 +777,7 @@ class CrossCorrelation:
              ) -> CrossCorrelation:
         """Read an accumulator written by `save`."""
         with np.load(path, allow_pickle=False) as data:
-            return cls.from_state_dict({k: data[k] for k in data.files}, device=device)
+            return cls().load_state_dict({k: data[k] for k in data.files}, device=device)
 
     def __repr__(self) -> str:
         return (f"CrossCorrelation(n={self.n}, units={self.n_a}x{self.n_b}, "
@@ -940,13 +951,13 @@ class TopKPartners:
                 "col_values": self.col_values, "col_index": self.col_index,
                 "dead_a": self.dead_a, "dead_b": self.dead_b, "seen_b": self.seen_b}
 
-    @classmethod
-    def from_state_dict(cls, state) -> TopKPartners:
+    def load_state_dict(self, state) -> TopKPartners:
+        """Replace this object's lists by `state_dict()` output; returns self."""
         rv = np.asarray(state["row_values"])
-        out = cls(rv.shape[0], np.asarray(state["col_values"]).shape[0], rv.shape[1])
-        for key in out.state_dict():
-            setattr(out, key, np.array(state[key], dtype=getattr(out, key).dtype))
-        return out
+        self.__init__(rv.shape[0], np.asarray(state["col_values"]).shape[0], rv.shape[1])
+        for key in self.state_dict():
+            setattr(self, key, np.array(state[key], dtype=getattr(self, key).dtype))
+        return self
 
     def __repr__(self) -> str:
         return (f"TopKPartners(n_a={self.n_a}, n_b={self.n_b}, k={self.k}, "

@@ -5,7 +5,12 @@ Why npy files and not zarr: no extra dependency, NumPy memory-maps them natively
 preallocated file per layer makes resuming O(1) — a chunk is rewritten in place until the
 manifest (replaced atomically, after the rows are flushed to disk) lists it as finished. An
 interrupted run therefore never leaves a half-written chunk marked done, and a rerun with the
-same settings skips finished chunks. Rows of skipped images stay zero and are flagged."""
+same settings skips finished chunks. Rows of skipped images stay zero and are flagged.
+
+`StoreWriter` is a sink like any other (its state: the finished chunks and the skip list, which
+merge by union); `Store` reads a store back, and replays it as batches (`Store.batches`), so the
+planner can feed sinks from disk instead of running the models again.
+"""
 
 from __future__ import annotations
 
@@ -15,20 +20,23 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
+import torch
 
-from .engine import Batch
 from .errors import InputError
+from .sinks import Batch, Need, Sink
 from .taps import TapInfo, effective_pool, pooled_shape
 
-__all__ = ["StoreWriter", "Store", "open_store", "MANIFEST"]
+__all__ = ["StoreWriter", "Store", "open_store", "MANIFEST", "default_chunk_size", "slug"]
 
 MANIFEST = "manifest.json"
 _FORMAT = 1
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
+    """A file or folder name for a model or layer name."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
 
 
@@ -51,9 +59,20 @@ def _npy_header_size(path: Path) -> int:
         return f.tell()
 
 
+def _plain(obj):
+    """`obj` as it reads back from JSON (tuples -> lists), for comparing settings."""
+    return json.loads(json.dumps(obj))
+
+
+def default_chunk_size(n_images: int, batch_size: int) -> int:
+    """Images between checkpoints: about 256, a multiple of the batch size, and small enough
+    that a run of a few hundred images keeps several finished chunks when interrupted."""
+    per = max(1, min(-(-256 // batch_size), -(-n_images // (8 * batch_size))))
+    return batch_size * per
+
+
 @dataclass
 class _Array:
-    key: str  # "<model>|<layer>|<pool>"
     path: Path
     shape: tuple[int, ...]  # per image
     fd: int = -1
@@ -61,34 +80,50 @@ class _Array:
     row_bytes: int = 0
 
 
-class StoreWriter:
-    """A sink writing pooled features to `out`. Creating it on a folder that holds an
-    unfinished extraction with the same settings resumes it (`todo()` lists what is left)."""
+class StoreWriter(Sink):
+    """A sink writing reduced features to `out`: for each model and layer of `infos`, the
+    poolings `pools[model][layer]` (a list; "mean", "cls" or "none"). Creating it on a folder
+    that holds an unfinished extraction with the same settings resumes it (`todo()` lists what
+    is left); with other settings it refuses, unless `overwrite`."""
 
-    def __init__(self, out: str | Path, layers: dict[str, dict[str, TapInfo]],
-                 pools: dict[str, dict[str, str]], *, ids: list[str], labels=None,
+    def __init__(self, out: str | Path, infos: dict[str, dict[str, TapInfo]],
+                 pools: dict[str, dict[str, list[str]]], *, ids: list[str], labels=None,
                  dtype: str = "float16", chunk_size: int = 256, config: dict | None = None,
                  listing_skips: list[dict] | None = None, overwrite: bool = False):
         if dtype not in ("float16", "float32"):
             raise InputError(f"dtype {dtype!r}: use float16 or float32")
+        if chunk_size < 1:
+            raise InputError(f"chunk size {chunk_size}: must be at least 1")
         self.out = Path(out)
+        if self.out.exists() and not self.out.is_dir():
+            raise InputError(f"--out {str(self.out)!r} is a file; give a folder for the store")
         self.dtype = np.dtype(dtype)
         self.chunk_size = chunk_size
         self.n = len(ids)
-        arrays, entries = [], {}
-        for model, by_layer in layers.items():
+        self.arrays: dict[tuple[str, str, str], _Array] = {}  # (model, layer, requested pool)
+        entries: dict[str, dict] = {}
+        for model, by_layer in infos.items():
             entries[model] = {}
             for layer, info in by_layer.items():
-                how = effective_pool(info, pools[model][layer])
-                shape = pooled_shape(info, how)
-                rel = f"{_slug(model)}/{_slug(layer)}.{how}.npy"
-                arrays.append(_Array(f"{model}|{layer}|{pools[model][layer]}", self.out / rel, shape))
-                entries[model][layer] = {"pool": how, "requested_pool": pools[model][layer],
-                                         "shape": list(shape), "file": rel, "tap": info.to_json()}
-        self.arrays = {a.key: a for a in arrays}
+                per_pool = {}
+                for how in sorted(set(pools[model][layer]), key=pools[model][layer].index):
+                    eff = effective_pool(info, how)
+                    shape = pooled_shape(info, how)
+                    rel = f"{slug(model)}/{slug(layer)}.{eff}.npy"
+                    self.arrays[(model, layer, how)] = _Array(self.out / rel, shape)
+                    per_pool[how] = {"pool": eff, "shape": list(shape), "file": rel}
+                first = next(iter(per_pool))
+                entries[model][layer] = {"pool": per_pool[first]["pool"], "requested_pool": first,
+                                         "shape": per_pool[first]["shape"],
+                                         "file": per_pool[first]["file"], "tap": info.to_json(),
+                                         "pools": per_pool}
+        self.need = Need({m: {layer: set(p) for layer, p in by.items()} for m, by in pools.items()})
         self.config = {"format": _FORMAT, "n_images": self.n, "dtype": dtype,
                        "chunk_size": chunk_size, "layers": entries, **(config or {})}
         self.manifest = self._open(overwrite, ids, labels, listing_skips or [])
+        self.add_state("done_chunks", set(self.manifest["done_chunks"]), merge="union")
+        self.add_state("skipped", list(self.manifest["skipped"]), merge=_merge_records)
+        self.add_state("notes", list(self.manifest["notes"]), merge=_merge_records)
         self._remaining: dict[int, set[int]] = {}  # chunk -> indices not yet written or skipped
         self._chunk_skips: list[dict] = []  # skips and notes wait for their chunk to finish
         self._chunk_notes: list[dict] = []
@@ -98,9 +133,10 @@ class StoreWriter:
         path = self.out / MANIFEST
         if path.exists() and not overwrite:
             old = json.loads(path.read_text())
-            if old.get("config") != json.loads(json.dumps(self.config)):
-                diff = [k for k in set(old.get("config", {})) | set(self.config)
-                        if old.get("config", {}).get(k) != json.loads(json.dumps(self.config)).get(k)]
+            new = _plain(self.config)
+            if old.get("config") != new:
+                diff = [k for k in set(old.get("config", {})) | set(new)
+                        if old.get("config", {}).get(k) != new.get(k)]
                 raise InputError(f"{self.out} holds another extraction (settings differ in: "
                                  f"{', '.join(sorted(diff))}); choose another --out, or overwrite")
             for a in self.arrays.values():
@@ -109,7 +145,7 @@ class StoreWriter:
             self._open_files()
             return old
         self.out.mkdir(parents=True, exist_ok=True)
-        for a in self.arrays.values():
+        for a in {a.path: a for a in self.arrays.values()}.values():
             a.path.parent.mkdir(parents=True, exist_ok=True)
             # preallocated (sparse) and zero: rows of skipped images stay zero
             np.lib.format.open_memmap(a.path, mode="w+", dtype=self.dtype,
@@ -122,26 +158,27 @@ class StoreWriter:
         return manifest
 
     def _open_files(self):
+        fds: dict[Path, int] = {}
         for a in self.arrays.values():
             a.offset = _npy_header_size(a.path)
             a.row_bytes = int(np.prod(a.shape)) * self.dtype.itemsize
-            a.fd = os.open(a.path, os.O_RDWR)
+            if a.path not in fds:
+                fds[a.path] = os.open(a.path, os.O_RDWR)
+            a.fd = fds[a.path]
 
     def todo(self) -> list[int]:
         """Source indices of the chunks not yet finished."""
-        done = set(self.manifest["done_chunks"])
         n_chunks = -(-self.n // self.chunk_size)
-        return [i for c in range(n_chunks) if c not in done
+        return [i for c in range(n_chunks) if c not in self.done_chunks
                 for i in range(c * self.chunk_size, min(self.n, (c + 1) * self.chunk_size))]
 
     # -- the sink ----------------------------------------------------------------------
     def update(self, batch: Batch) -> None:
-        for model, by_layer in batch.features.items():
-            for layer, by_pool in by_layer.items():
-                for how, t in by_pool.items():
-                    a = self.arrays.get(f"{model}|{layer}|{how}")
-                    if a is not None:
-                        self._write_rows(a, batch.indices, t)
+        written = set()
+        for (model, layer, how), a in self.arrays.items():
+            if batch.indices and a.path not in written:  # poolings may share one array
+                self._write_rows(a, batch.indices, batch.features[model][layer][how])
+                written.add(a.path)
         self._chunk_skips += batch.skipped
         self._chunk_notes += batch.notes
         for i in list(batch.indices) + [s["index"] for s in batch.skipped]:
@@ -155,6 +192,8 @@ class StoreWriter:
                 self._finish_chunk(c)
 
     def _write_rows(self, a: _Array, indices: list[int], t) -> None:
+        if not indices:
+            return
         rows = t.detach().to("cpu").numpy().astype(self.dtype, copy=False)
         rows = np.ascontiguousarray(rows.reshape(len(indices), -1))
         start = 0
@@ -164,32 +203,58 @@ class StoreWriter:
                 start = k
 
     def _finish_chunk(self, chunk: int) -> None:
-        for a in self.arrays.values():
-            os.fsync(a.fd)
+        for fd in {a.fd for a in self.arrays.values()}:
+            os.fsync(fd)
         lo, hi = chunk * self.chunk_size, (chunk + 1) * self.chunk_size
-        take = lambda items: [s for s in items if lo <= s["index"] < hi]  # noqa: E731
-        self.manifest["skipped"] += take(self._chunk_skips)
-        self.manifest["notes"] += take(self._chunk_notes)
-        self._chunk_skips = [s for s in self._chunk_skips if not lo <= s["index"] < hi]
-        self._chunk_notes = [s for s in self._chunk_notes if not lo <= s["index"] < hi]
-        self.manifest["done_chunks"] = sorted(set(self.manifest["done_chunks"]) | {chunk})
-        self.manifest["complete"] = not self.todo()
+        inside = lambda s: lo <= s["index"] < hi  # noqa: E731
+        self.skipped += [s for s in self._chunk_skips if inside(s)]
+        self.notes += [s for s in self._chunk_notes if inside(s)]
+        self._chunk_skips = [s for s in self._chunk_skips if not inside(s)]
+        self._chunk_notes = [s for s in self._chunk_notes if not inside(s)]
+        self.done_chunks.add(chunk)
+        self._save()
+
+    def _save(self, **extra) -> None:
+        self.manifest.update(done_chunks=sorted(self.done_chunks), skipped=self.skipped,
+                             notes=self.notes, complete=not self.todo(), **extra)
         _write_json_atomic(self.out / MANIFEST, self.manifest)
+
+    def merge(self, other: "StoreWriter") -> "StoreWriter":
+        """Add the chunks another writer of the same store finished (its rows are on disk)."""
+        if other.out.resolve() != self.out.resolve() or _plain(other.config) != _plain(self.config):
+            raise InputError(f"cannot merge the writer of {other.out} into that of {self.out}: "
+                             "not the same store")
+        super().merge(other)
+        self._save()
+        return self
+
+    def load_state_dict(self, state: dict) -> "StoreWriter":
+        super().load_state_dict(state)
+        self._save()
+        return self
 
     def close(self, **extra) -> None:
         """Close the files; `extra` (timings, say) goes into the manifest."""
-        self.manifest.update(extra)
-        self.manifest["complete"] = not self.todo()
-        _write_json_atomic(self.out / MANIFEST, self.manifest)
+        self._save(**extra)
+        for fd in {a.fd for a in self.arrays.values() if a.fd >= 0}:
+            os.close(fd)
         for a in self.arrays.values():
-            if a.fd >= 0:
-                os.close(a.fd)
-                a.fd = -1
+            a.fd = -1
+
+    def result(self) -> "Store":
+        return Store(self.out)
+
+
+def _merge_records(a: list[dict], b: list[dict]) -> list[dict]:
+    """Skip or note records of two writers, each listed once, in source order."""
+    seen = {(r.get("index"), r.get("id")) for r in a}
+    merged = list(a) + [r for r in b if (r.get("index"), r.get("id")) not in seen]
+    return sorted(merged, key=lambda r: (r.get("index", -1), str(r.get("id"))))
 
 
 class Store:
-    """Read access to an extraction: memory-mapped arrays per model and layer, image ids,
-    labels, and the skip list. Rows follow the source order; skipped rows are zero and
+    """Read access to an extraction: memory-mapped arrays per model, layer and pooling, image
+    ids, labels, and the skip list. Rows follow the source order; skipped rows are zero and
     `valid` is False there."""
 
     def __init__(self, path: str | Path):
@@ -228,21 +293,71 @@ class Store:
             raise InputError(f"store {self.path} has no model {model!r}; have {', '.join(self.models)}")
         return self.config["layers"][model]
 
-    def info(self, model: str, layer: str) -> dict:
+    def info(self, model: str, layer: str, pool: str | None = None) -> dict:
+        """A layer's entry: its pooling ("pool"), per-image "shape", "file" and "tap" record;
+        with `pool`, the entry of that pooling (requested or effective name)."""
         entry = self._model(model).get(layer)
         if entry is None:
             raise InputError(f"store {self.path} has no layer {layer!r} for {model}; "
                              f"have {', '.join(self.layers(model))}")
-        return entry
+        if pool is None:
+            return entry
+        for requested, sub in self.pools(model, layer).items():
+            if pool in (requested, sub["pool"]):
+                return {**entry, **sub}
+        raise InputError(f"store {self.path} holds {model} {layer} pooled as "
+                         f"{', '.join(self.pools(model, layer))}, not {pool!r}")
 
-    def features(self, model: str, layer: str, *, valid_only: bool = False) -> np.ndarray:
-        """(n_images, *shape) memory-mapped, read-only; `valid_only` drops skipped rows (a copy
-        when any row is dropped)."""
-        arr = np.load(self.path / self.info(model, layer)["file"], mmap_mode="r")
+    def pools(self, model: str, layer: str) -> dict[str, dict]:
+        """{requested pooling: {"pool" (the one applied), "shape", "file"}} of a layer."""
+        entry = self._model(model)[layer]
+        return entry.get("pools") or {entry.get("requested_pool", entry["pool"]): {
+            "pool": entry["pool"], "shape": entry["shape"], "file": entry["file"]}}
+
+    def features(self, model: str, layer: str, pool: str | None = None, *,
+                 valid_only: bool = False) -> np.ndarray:
+        """(n_images, *shape) memory-mapped, read-only; `pool` picks one of several poolings
+        stored for the layer; `valid_only` drops skipped rows (a copy when any is dropped)."""
+        arr = np.load(self.path / self.info(model, layer, pool)["file"], mmap_mode="r")
         return arr[self.valid] if valid_only and not self.valid.all() else arr
 
     def valid_ids(self) -> list[str]:
         return [i for i, ok in zip(self.ids, self.valid) if ok]
+
+    # -- serving a pass from disk --------------------------------------------------------
+    def holds(self, need: Need) -> bool:
+        """True when this complete store has every (model, layer, pooling) `need` asks for, and
+        `need` wants nothing only a live pass has (decoded images, windows)."""
+        if not self.complete or need.images or need.windows:
+            return False
+        for model, by_layer in need.taps.items():
+            have = self.config["layers"].get(model, {})
+            for layer, hows in by_layer.items():
+                if layer not in have:
+                    return False
+                names = {n for r, sub in self.pools(model, layer).items() for n in (r, sub["pool"])}
+                if not set(hows) <= names:
+                    return False
+        return True
+
+    def batches(self, need: Need, *, indices=None, batch_size: int = 256) -> Iterator[Batch]:
+        """The stored features `need` asks for, as the engine's batches (float32 tensors), in
+        source order (or the order of `indices`); skipped images come as skips."""
+        order = list(range(len(self.ids))) if indices is None else [int(i) for i in indices]
+        reasons = {s["index"]: s["reason"] for s in self.skipped if "index" in s}
+        arrays = {(m, layer, how): self.features(m, layer, how)
+                  for m, by in need.taps.items() for layer, hows in by.items() for how in hows}
+        for start in range(0, len(order), batch_size):
+            part = order[start:start + batch_size]
+            good = [i for i in part if self.valid[i]]
+            features: dict = {}
+            for (m, layer, how), arr in arrays.items():
+                rows = torch.from_numpy(np.asarray(arr[good], dtype=np.float32))
+                features.setdefault(m, {}).setdefault(layer, {})[how] = rows
+            yield Batch(good, [self.ids[i] for i in good], features,
+                        skipped=[{"index": i, "id": self.ids[i],
+                                  "reason": reasons.get(i, "not extracted")}
+                                 for i in part if not self.valid[i]])
 
 
 def open_store(path: str | Path) -> Store:

@@ -22,10 +22,17 @@ from torch import nn
 
 from .errors import InputError, UnknownLayerError
 
-__all__ = ["TapInfo", "POOLS", "first_tensor", "describe_output", "to_uniform", "pool",
-           "pooled_shape", "effective_pool", "find_blocks", "select_layers", "hooks"]
+__all__ = ["TapInfo", "POOLS", "REDUCTIONS", "OUTPUT", "first_tensor", "describe_output",
+           "to_uniform", "pool", "pooled_shape", "effective_pool", "find_blocks", "select_layers",
+           "hooks"]
 
-POOLS = ("mean", "cls", "none")
+POOLS = ("mean", "cls", "none")  # what a layer is stored as: pooled vector or full map
+# What the engine can reduce a tapped output to inside its hook: a pooling, the whole token
+# sequence batch first ("tokens", prefix tokens included), or the same of the module's input
+# ("input:tokens"; what an nn.MultiheadAttention computes its queries and keys from).
+REDUCTIONS = POOLS + ("tokens", "input:tokens")
+# The model's forward output (logits, an image embedding) as a tappable layer of its own.
+OUTPUT = "output"
 
 
 @dataclass(frozen=True)
@@ -135,8 +142,13 @@ def to_uniform(t: torch.Tensor, info: TapInfo):
 def effective_pool(info: TapInfo, how: str) -> str:
     """The pooling `pool` really applies: vectors are kept as they are, and 'cls' falls back
     to 'mean' on layers without a CLS token (CNN maps)."""
-    if how not in POOLS:
+    if how not in REDUCTIONS:
         raise InputError(f"unknown pooling {how!r}; use one of {', '.join(POOLS)}")
+    if how in ("tokens", "input:tokens"):
+        if info.layout != "tokens":
+            raise InputError(f"layer {info.name!r} outputs no tokens ({info.layout}); "
+                             f"'{how}' needs a transformer layer")
+        return how
     if info.layout == "vector":
         return "none"
     if how == "cls" and info.prefix_tokens == 0:
@@ -147,6 +159,8 @@ def effective_pool(info: TapInfo, how: str) -> str:
 def pooled_shape(info: TapInfo, how: str) -> tuple[int, ...]:
     """Per-image shape of `pool(..., how)` on this layer."""
     how = effective_pool(info, how)
+    if how in ("tokens", "input:tokens"):
+        return tuple(info.raw_shape)  # (T, D): raw_shape is already batch-first
     if how == "none" and info.layout != "vector":
         if info.grid is None:
             raise InputError(f"layer {info.name!r} has no spatial grid to keep "
@@ -162,6 +176,9 @@ def pool(t: torch.Tensor, info: TapInfo, how: str) -> torch.Tensor:
     how = effective_pool(info, how)
     if info.layout == "vector":
         return t.float().clone()
+    if how in ("tokens", "input:tokens"):
+        return _batch_first(t, info).to(torch.float32, memory_format=torch.contiguous_format,
+                                         copy=True)
     grid, prefix = to_uniform(t, info)
     if how == "cls":
         return prefix[:, 0].float().clone()
@@ -270,25 +287,38 @@ def _unknown_layer_message(part: str, model_name: str, tappable: list[str],
 
 
 class hooks:
-    """Context manager: forward hooks calling `fn(name, output)` on the named submodules.
+    """Context manager: forward hooks calling `fn(name, output)` on the named submodules, and,
+    for `input_names`, pre-hooks calling `input_fn(name, first input tensor)`.
 
     Nothing is cloned here: `fn` reduces the output at once (see `pool`), which is both cheap
     and safe against in-place operations later in the forward pass."""
 
-    def __init__(self, module: nn.Module, names: Iterable[str], fn):
+    def __init__(self, module: nn.Module, names: Iterable[str], fn, *,
+                 input_names: Iterable[str] = (), input_fn=None):
         self.module, self.names, self.fn = module, list(names), fn
+        self.input_names, self.input_fn = list(input_names), input_fn
         self._handles: list = []
 
     def __enter__(self):
         modules = dict(self.module.named_modules())
         for name in self.names:
             self._handles.append(modules[name].register_forward_hook(self._hook(name)))
+        for name in self.input_names:
+            self._handles.append(modules[name].register_forward_pre_hook(
+                self._pre_hook(name), with_kwargs=True))
         return self
 
     def _hook(self, name: str):
         def hook(_module, _inputs, output):
             self.fn(name, output)
             return None  # never replace the module's output
+
+        return hook
+
+    def _pre_hook(self, name: str):
+        def hook(_module, args, kwargs):
+            self.input_fn(name, first_tensor(list(args) + list(kwargs.values())))
+            return None  # never replace the module's inputs
 
         return hook
 

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoolens.analyses.rosetta import (RosettaResult, UnitIndex, best_buddies, cluster_sets,
-                                      concat_resized, label_buddies, resize_maps, rosetta_sets,
-                                      set_profiles)
+                                      label_buddies, rosetta_sets, set_profiles)
+from zoolens.resize import concat_resized, resize_maps
 from zoolens.errors import InputError, UnknownLayerError
 from zoolens.stats import CrossCorrelation, TopKPartners
 

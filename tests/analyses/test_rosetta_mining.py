@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 import zoolens
-from zoolens.analyses import rosetta_mining
+import zoolens.plan
+from zoolens.analyses.rosetta import mining
 from zoolens.cli import app
 
 IMAGES = "synthetic:scenes?n=24&size=32&seed=1"
@@ -134,9 +135,9 @@ def test_memory_budget_splits_into_passes_with_the_same_answer(zoo_file):
 
 
 def test_interrupted_run_resumes_to_the_same_result(zoo_file, tmp_path, monkeypatch):
-    monkeypatch.setattr(rosetta_mining, "_CHUNK", 8)
+    monkeypatch.setattr(mining, "_CHECKPOINT_EVERY", 8)
     reference = _mine(zoo_file, out=tmp_path / "ref")
-    real_run = rosetta_mining.run
+    real_run = zoolens.plan.run_engine
     calls = {"n": 0}
 
     def flaky(*args, **kw):
@@ -145,10 +146,10 @@ def test_interrupted_run_resumes_to_the_same_result(zoo_file, tmp_path, monkeypa
             raise KeyboardInterrupt
         return real_run(*args, **kw)
 
-    monkeypatch.setattr(rosetta_mining, "run", flaky)
+    monkeypatch.setattr(zoolens.plan, "run_engine", flaky)
     with pytest.raises(KeyboardInterrupt):
         _mine(zoo_file, out=tmp_path / "cut")
-    monkeypatch.setattr(rosetta_mining, "run", real_run)
+    monkeypatch.setattr(zoolens.plan, "run_engine", real_run)
     resumed = _mine(zoo_file, out=tmp_path / "cut")
     assert resumed.sets == reference.sets and resumed.images == 24
     for (k1, v1), (k2, v2) in zip(reference.pairs.items(), resumed.pairs.items()):
@@ -172,8 +173,8 @@ def test_generator_is_the_source_and_the_anchor(zoo_file, tmp_path):
     from zoolens.sources.generated import GeneratedImages
     src = GeneratedImages(gen, n=4, seed=0)
     with torch.no_grad():
-        batch = src.to_pil(gen.forward(src.latents([0, 1, 2, 3])))
-    assert np.array_equal(np.asarray(batch[2]), np.asarray(src.decode(2).image))
+        batch = gen.to_images(gen.forward(src.latents([0, 1, 2, 3])))
+    assert np.array_equal(np.asarray(batch[2]), np.asarray(src.draw(2)))
 
 
 def test_cli_writes_the_documented_json(zoo_file, tmp_path):

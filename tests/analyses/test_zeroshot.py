@@ -10,12 +10,13 @@ import pytest
 import torch
 
 import zoolens
-from zoolens.analyses.probes.zeroshot import (DEFAULT_TEMPLATES, image_embedding_layer,
+from zoolens.analyses.probes.zeroshot import (DEFAULT_TEMPLATES,
                                               is_image_text, read_templates, text_tokenizer,
                                               zeroshot_classifier, zeroshot_scores)
 from zoolens.errors import InputError
 from zoolens.sources import open_source
-from zoolens.taps import hooks
+from zoolens.sinks import Need
+from zoolens.taps import OUTPUT
 
 CLASSES = ["circle", "square", "triangle", "cross"]
 TEMPLATES = ["a photo of a {}.", "a drawing of a {}.", "a blurry photo of the {}."]
@@ -72,15 +73,24 @@ def test_default_templates_run_and_batching_changes_nothing(clip_model):
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def test_image_embedding_layer_is_the_forward_output(clip_model):
-    name = image_embedding_layer(clip_model)
-    assert name == "visual"
+def test_the_engine_taps_the_image_embedding_as_the_output(clip_model):
+    """Zero-shot reads the forward output (encode_image) from the engine's `output` tap."""
+    from zoolens.engine import run
+
+    class Keep:
+        need = Need({clip_model.name: {OUTPUT: {"mean"}}})
+        rows: list = []
+
+        def update(self, batch):
+            self.rows.append(batch.features[clip_model.name][OUTPUT]["mean"])
+
+    src = open_source("synthetic:scenes?n=4&size=32&seed=3")
+    sink = Keep()
+    run([clip_model], src, sink.need, [sink], batch_size=3, num_workers=0, progress=False)
     x, _ = _images(clip_model, 4)
-    seen = {}
-    with torch.no_grad(), hooks(clip_model.module, [name], lambda n, o: seen.setdefault(n, o)):
-        out = clip_model.forward(x)
-    torch.testing.assert_close(seen[name], out)
-    torch.testing.assert_close(out, clip_model.module.encode_image(x))
+    with torch.no_grad():
+        torch.testing.assert_close(torch.cat(sink.rows), clip_model.module.encode_image(x))
+    assert clip_model.layer(OUTPUT).layout == "vector"
 
 
 def test_not_image_text_is_refused():
@@ -150,7 +160,7 @@ def test_hf_clip_classifier_matches_manual(hf_clip_dir, open_clip_tiny):
     import open_clip
 
     model = zoolens.load(f"hf:{hf_clip_dir}", pretrained=True, device="cpu")
-    assert is_image_text(model) and image_embedding_layer(model) == "visual_projection"
+    assert is_image_text(model) and model.layer("output").channels == 16
     tokenize = text_tokenizer(model)
     enc = tokenize(["a photo of a cat."])
     ref = open_clip.get_tokenizer(open_clip_tiny)(["a photo of a cat."])[0]

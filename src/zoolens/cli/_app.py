@@ -1,34 +1,163 @@
-"""The Typer app and what every command shares: console, logging, errors, --json output."""
+"""The Typer app and what every command shares: the common options (declared once, here), their
+checks (one line naming the flag, exit status 2, before anything is created), logging, one
+way to call the library (`call`), and --json output."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
 import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Annotated, List, Optional
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-__all__ = ["app", "console", "setup_logging", "fail", "emit_json", "SPECS_HELP"]
+from .. import __version__
+from ..errors import ZoolensError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Look inside a zoo of pretrained vision models.")
-console = Console(stderr=True)
+__all__ = ["app", "console", "setup_logging", "fail", "emit_json", "call", "SPECS_HELP",
+           "Models", "Images", "Layers", "Out", "BatchSize", "Device", "Workers", "NoPretrained",
+           "Seed", "Json", "Verbose", "Store", "parse_bytes"]
+
 SPECS_HELP = ("timm:resnet50  torchvision:resnet50  open_clip:ViT-B-32/laion2b_s34b_b79k  "
-              "hf:facebook/dinov2-small  file:zoo.py:factory")
+              "hf:facebook/dinov2-small  file:zoo.py:factory; NAME=SPEC names a model")
+IMAGES_HELP = "folder, CSV of path,label, .txt of paths, or synthetic:scenes?n=64&size=64&seed=0"
+
+console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"zoolens {__version__}")
+        raise typer.Exit()
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Look inside a zoo of pretrained vision models.")
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="print the version and exit")] = False):
+    """Look inside a zoo of pretrained vision models."""
+
+
+def fail(exc: Exception | str) -> None:
+    """Print one clear line and exit 2 (no traceback for errors the user can fix)."""
+    console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+# ---------------------------------------------------------------------------------------------
+# checks of common flags: one line naming the flag, before any folder is created
+
+
+def _at_least(flag: str, low: int, what: str):
+    def check(value):
+        if value is not None and value < low:
+            fail(f"{flag} {value}: {what}")
+        return value
+    return check
+
+
+def _device(value: Optional[str]) -> Optional[str]:
+    if value is None:
+        return None
+    from ..zoo.registry import resolve_device
+
+    try:
+        resolve_device(value)
+    except ZoolensError as exc:
+        fail(exc)
+    return value
+
+
+def _out(value: Optional[Path]) -> Optional[Path]:
+    if value is not None and value.exists() and not value.is_dir():
+        fail(f"--out {str(value)!r} is a file; give a folder (it is created if missing)")
+    return value
+
+
+_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def parse_bytes(text: str, flag: str = "--max-memory") -> float:
+    """'4GiB', '512MB', '1.5g', '1000000' -> bytes (binary multiples), or fail naming the flag."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*", text.lower())
+    if not m or float(m.group(1)) <= 0:
+        fail(f"{flag} {text!r}: give a size such as 4GiB, 512MiB or 2000000 (bytes)")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+# ---------------------------------------------------------------------------------------------
+# the common options, declared once
+
+Models = Annotated[List[str], typer.Option("--model", "-m", help=SPECS_HELP)]
+Images = Annotated[str, typer.Option("--images", "-i", help=IMAGES_HELP)]
+Layers = Annotated[str, typer.Option("--layers", "-l", help="all, blocks, blocks[-4:], names or "
+                                                            "globs, comma-separated")]
+Out = Annotated[Path, typer.Option("--out", "-o", callback=_out, help="output folder")]
+BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="images per batch",
+                                        callback=_at_least("--batch-size", 1,
+                                                           "give at least 1 image per batch"))]
+Device = Annotated[Optional[str], typer.Option(callback=_device,
+                                               help="cpu, cuda, cuda:1, mps (default: CUDA if "
+                                                    "present)")]
+Workers = Annotated[Optional[int], typer.Option(
+    callback=_at_least("--workers", 0, "give 0 (decode in the main process) or more"),
+    help="decoding workers (default: CPU count, max 8)")]
+NoPretrained = Annotated[bool, typer.Option("--no-pretrained", help="random weights (seeded)")]
+Seed = Annotated[int, typer.Option(help="seed of random weights and sampling")]
+Store = Annotated[Optional[Path], typer.Option(help="a feature store (zoolens extract) to read "
+                                                    "the features from instead of running the "
+                                                    "models, when it holds them")]
+Json = Annotated[bool, typer.Option("--json", help="print the result JSON to stdout")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="log what happens")]
+
+
+# ---------------------------------------------------------------------------------------------
+# running a command
 
 
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=console, show_time=False, show_path=False)],
                         force=True)
+    logging.captureWarnings(True)  # library warnings as log lines, not with their source code
+    logging.getLogger("py.warnings").handlers = []
+    logging.getLogger("py.warnings").propagate = True
 
 
-def fail(exc: Exception) -> None:
-    """Print one clear line and exit 2 (no traceback for errors the user can fix)."""
-    console.print(f"[bold red]error:[/] {exc}")
-    raise typer.Exit(2)
+@contextlib.contextmanager
+def call(*, verbose: bool = False, interrupted: str = "", done: bool = True):
+    """Around one library call: logging set up, the user's errors as one line (exit 2), an
+    interruption as one line saying what is kept (exit 130), and the elapsed time at the end."""
+    setup_logging(verbose)
+    start = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            yield
+    except (ZoolensError, ImportError) as exc:
+        fail(exc)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted:[/] " + (interrupted or "nothing was kept"))
+        raise typer.Exit(130)
+    if done:
+        console.print(f"[dim]took {_duration(time.perf_counter() - start)}[/]")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, s = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {s:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def emit_json(obj, as_json: bool) -> None:

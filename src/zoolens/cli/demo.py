@@ -4,28 +4,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Annotated
 
 import typer
 
-from ..errors import ZoolensError
-from ._app import app, console, fail, setup_logging
+from ._app import Device, Verbose, app, call, console
 
 
 @app.command()
-def demo(out: Path = typer.Option(Path("zoolens-demo"), "--out", "-o"),
-         images: int = typer.Option(64, help="images per analysis"),
-         device: Optional[str] = typer.Option(None),
-         verbose: bool = typer.Option(False, "--verbose", "-v")):
+def demo(out: Annotated[Path, typer.Option("--out", "-o", help="output folder")]
+         = Path("zoolens-demo"),
+         images: Annotated[int, typer.Option(help="images per analysis")] = 64,
+         device: Device = None, verbose: Verbose = False):
     """Rosetta mining (generator included), CKA, the probe leaderboard and object discovery on
     the built-in demo zoo, scored against the scenes' ground truth -> OUT/report.html."""
     from ..demo.run import run_demo
 
-    setup_logging(verbose)
-    try:
+    with call(verbose=verbose, done=False):
         report = run_demo(out, images=images, device=device)
-    except (ZoolensError, ImportError, FileNotFoundError) as exc:
-        fail(exc)
     summary = json.loads((Path(out) / "demo.json").read_text())
     for row in summary["concept_scores"]:
         console.print(f"concept {row['concept']}: best match [bold]{row['best_match']}[/] "

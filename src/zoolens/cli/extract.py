@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import ZoolensError
-from ._app import SPECS_HELP, app, console, emit_json, fail, setup_logging
+from ._app import (SPECS_HELP, BatchSize, Device, Images, Json, Layers, Models, NoPretrained, Out,
+                   Verbose, Workers, app, call, console, emit_json)
+
 
 @app.command()
-def models(pattern: str = typer.Argument("", help="glob over specs, e.g. 'timm:vit_small*'")):
+def models(pattern: Annotated[str, typer.Argument(help="glob over specs, e.g. 'timm:vit_small*'")]
+           = ""):
     """List model sources, or the models a pattern matches."""
     from ..zoo.registry import list_models, list_sources
 
@@ -23,34 +23,34 @@ def models(pattern: str = typer.Argument("", help="glob over specs, e.g. 'timm:v
         console.print(f"Specs look like: {SPECS_HELP}")
         console.print("List models of a source with a pattern: zoolens models 'timm:resnet*'")
         return
-    try:
-        for spec in list_models(pattern):
-            print(spec)
-    except ZoolensError as exc:
-        fail(exc)
+    with call(done=False):
+        found = list_models(pattern)
+    for spec in found:
+        print(spec)
+    if not found:
+        console.print(f"no model matches {pattern!r}; try a glob such as 'timm:resnet*'")
 
 
 @app.command()
-def layers(spec: str = typer.Argument(..., help=SPECS_HELP),
-           select: str = typer.Option("all", "--select", "-s", help="all, blocks, names, globs"),
-           no_pretrained: bool = typer.Option(False, "--no-pretrained", help="random weights"),
-           as_json: bool = typer.Option(False, "--json", help="print JSON to stdout")):
+def layers(spec: Annotated[str, typer.Argument(help=SPECS_HELP)],
+           select: Annotated[str, typer.Option("--select", "-s", help="all, blocks, names, globs")]
+           = "all",
+           no_pretrained: NoPretrained = False, as_json: Json = False):
     """Every tappable layer of a model with its output shape (found by a dry run)."""
     from ..zoo.registry import load
 
-    try:
+    with call(done=False):
         model = load(spec, pretrained=not no_pretrained, device="cpu")
         infos = model.layers(select)
-    except (ZoolensError, ImportError) as exc:
-        fail(exc)
     blocks = set(model.blocks)
     if as_json:
         emit_json({"model": spec, "input_size": list(model.input_size),
-                    "blocks": model.blocks, "layers": [i.to_json() for i in infos]}, True)
+                   "blocks": model.blocks, "layers": [i.to_json() for i in infos]}, True)
         return
     table = Table(title=f"{spec}  (input {model.input_size[0]}x{model.input_size[1]})")
-    for col in ("layer", "layout", "channels", "grid", "prefix", "stride", "block"):
-        table.add_column(col)
+    table.add_column("layer", overflow="fold")  # long module paths wrap, never truncate
+    for col in ("layout", "channels", "grid", "prefix", "stride", "block"):
+        table.add_column(col, no_wrap=True)
     for i in infos:
         table.add_row(i.name, i.layout, str(i.channels),
                       "x".join(map(str, i.grid)) if i.grid else "-", str(i.prefix_tokens or "-"),
@@ -59,55 +59,40 @@ def layers(spec: str = typer.Argument(..., help=SPECS_HELP),
 
 
 @app.command()
-def extract(model: List[str] = typer.Option(..., "--model", "-m", help=SPECS_HELP),
-            images: str = typer.Option(..., "--images", "-i",
-                                       help="folder, CSV of path,label, .txt of paths, or "
-                                            "synthetic:scenes?n=64&size=64&seed=0"),
-            layers: str = typer.Option("blocks", "--layers", "-l",
-                                       help="all, blocks, blocks[-4:], names or globs, comma-separated"),
-            out: Path = typer.Option(..., "--out", "-o", help="folder of the feature store"),
-            pool: str = typer.Option("mean", help="mean | cls | none"),
-            maps: Optional[str] = typer.Option(None, help="layers kept as full maps too"),
-            batch_size: int = typer.Option(32, "--batch-size", "-b"),
-            device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 (default: CUDA if present)"),
-            dtype: str = typer.Option("float16", help="float16 | float32 on disk"),
-            workers: Optional[int] = typer.Option(None, help="decoding workers (default: CPU count, max 8)"),
-            amp: bool = typer.Option(False, help="autocast the forward pass"),
-            no_pretrained: bool = typer.Option(False, "--no-pretrained", help="random weights"),
-            overwrite: bool = typer.Option(False, help="start over instead of resuming"),
-            as_json: bool = typer.Option(False, "--json", help="print the summary JSON to stdout"),
-            verbose: bool = typer.Option(False, "--verbose", "-v")):
+def extract(model: Models, images: Images, out: Out, layers: Layers = "blocks",
+            pool: Annotated[str, typer.Option(help="mean | cls | none")] = "mean",
+            maps: Annotated[Optional[str], typer.Option(help="layers kept as full maps too")]
+            = None,
+            batch_size: BatchSize = 32,
+            chunk_size: Annotated[Optional[int], typer.Option(
+                help="images between checkpoints, a multiple of --batch-size (default: about "
+                     "256, fewer for small runs)")] = None,
+            device: Device = None,
+            dtype: Annotated[str, typer.Option(help="float16 | float32 on disk")] = "float16",
+            workers: Workers = None,
+            amp: Annotated[bool, typer.Option(help="autocast the forward pass")] = False,
+            no_pretrained: NoPretrained = False,
+            overwrite: Annotated[bool, typer.Option(help="start over instead of resuming")] = False,
+            as_json: Json = False, verbose: Verbose = False):
     """Tap the layers of one or more models on the same images and write a feature store.
     Rerun the same command to resume an interrupted run."""
     from ..extract import extract as run_extract
+    from ..extract import summarize
 
-    setup_logging(verbose)
-    try:
+    with call(verbose=verbose, interrupted=f"finished chunks are kept in {out}; rerun the same "
+                                           "command to resume"):
         store = run_extract(model, images, layers=layers, out=out, pool=pool, maps=maps,
                             batch_size=batch_size, device=device, dtype=dtype,
                             pretrained=not no_pretrained, num_workers=workers, amp=amp,
-                            overwrite=overwrite)
-    except (ZoolensError, ImportError) as exc:
-        fail(exc)
-    except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted:[/] finished chunks are kept in {out}; "
-                      "rerun the same command to resume")
-        raise typer.Exit(130)
-    summary = {
-        "store": str(out),
-        "models": {m: store.layers(m) for m in store.models},
-        "images": len(store.ids),
-        "extracted": int(store.valid.sum()),
-        "skipped": store.skipped,
-        "notes": store.manifest.get("notes", []),
-        "complete": store.complete,
-        "last_run": store.manifest.get("last_run"),
-    }
-    (Path(out) / "extract.json").write_text(json.dumps(summary, indent=1))
+                            chunk_size=chunk_size, overwrite=overwrite)
+    summary = summarize(store)
     for s in store.skipped:
         console.print(f"[yellow]skipped[/] {s['id']}: {s['reason']}")
-    console.print(f"[green]done:[/] {summary['extracted']} of {summary['images']} images, "
+    # files never listed as images (wrong extension) count too, so the numbers add up
+    seen = summary["images"] + sum(1 for s in store.skipped if "index" not in s)
+    console.print(f"[green]done:[/] {summary['extracted']} of {seen} files, "
                   f"{sum(len(v) for v in summary['models'].values())} layers from "
                   f"{len(store.models)} model(s) -> {out}"
-                  + (f"; {len(store.skipped)} skipped (listed in {out}/extract.json)" if store.skipped else ""))
+                  + (f"; {len(store.skipped)} skipped (listed in {out}/extract.json)"
+                     if store.skipped else ""))
     emit_json(summary, as_json)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from ..errors import ZoolensError
-from ._app import SPECS_HELP, app, console, emit_json, fail, setup_logging
+from ._app import (BatchSize, Device, Json, Layers, Models, NoPretrained, Out, Verbose, Workers,
+                   app, call, console, emit_json, fail)
 
 __all__ = ["probe"]
 
@@ -21,10 +21,9 @@ def _ints(text: str, name: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}",
-                                 param_hint=name) from None
+        values = []
     if not values or min(values) < 1:
-        raise typer.BadParameter(f"expected positive integers, got {text!r}", param_hint=name)
+        fail(f"{name} {text!r}: give positive integers, comma-separated, e.g. 10,20")
     return values
 
 
@@ -45,56 +44,45 @@ def _leaderboard_table(result) -> Table:
 
 
 @app.command()
-def probe(model: List[str] = typer.Option(..., "--model", "-m", help=SPECS_HELP),
-          train: str = typer.Option(..., "--train", help=f"training images: {_SOURCES_HELP}"),
-          test: str = typer.Option(..., "--test", help=f"test images: {_SOURCES_HELP}"),
-          layers: str = typer.Option("blocks", "--layers", "-l",
-                                     help="all, blocks, blocks[-4:], names or globs"),
-          method: str = typer.Option("knn,linear", "--method",
-                                     help="comma-separated: knn, linear, zeroshot, logme"),
-          out: Path = typer.Option(..., "--out", "-o",
-                                   help="folder for probe.json, the figure and the features"),
-          k: str = typer.Option("10,20,100,200", "--k", help="k of the k-NN rule, e.g. 10,20"),
-          temperature: float = typer.Option(0.07, help="k-NN vote temperature"),
-          pool: str = typer.Option("both", help="mean | cls | both"),
-          val_fraction: float = typer.Option(0.2, help="share of train held out to pick the "
-                                                       "linear head"),
-          seed: int = typer.Option(0, help="seeds the validation split and the heads"),
-          templates: Optional[Path] = typer.Option(None, help="zero-shot templates file, one "
-                                                              "per line with {} for the class"),
-          n_last_blocks: int = typer.Option(4, help="layers concatenated by the last-n linear "
-                                                    "features"),
-          epochs: Optional[int] = typer.Option(None, help="linear-head epochs (default: at least "
-                                                          "200 SGD steps)"),
-          batch_size: int = typer.Option(32, "--batch-size", "-b"),
-          device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 (default: CUDA if "
-                                                          "present)"),
-          workers: Optional[int] = typer.Option(None, help="decoding workers"),
-          dtype: str = typer.Option("float16", help="float16 | float32 features on disk"),
-          no_pretrained: bool = typer.Option(False, "--no-pretrained", help="random weights"),
-          overwrite: bool = typer.Option(False, help="extract the features again"),
-          as_json: bool = typer.Option(False, "--json", help="print probe.json to stdout"),
-          verbose: bool = typer.Option(False, "--verbose", "-v")):
+def probe(model: Models,
+          train: Annotated[str, typer.Option("--train", help=f"training images: {_SOURCES_HELP}")],
+          test: Annotated[str, typer.Option("--test", help=f"test images: {_SOURCES_HELP}")],
+          out: Out, layers: Layers = "blocks",
+          method: Annotated[str, typer.Option(
+              "--method", help="comma-separated: knn, linear, zeroshot, logme")] = "knn,linear",
+          k: Annotated[str, typer.Option("--k", help="k of the k-NN rule, e.g. 10,20")]
+          = "10,20,100,200",
+          temperature: Annotated[float, typer.Option(help="k-NN vote temperature")] = 0.07,
+          pool: Annotated[str, typer.Option(help="mean | cls | both")] = "both",
+          val_fraction: Annotated[float, typer.Option(
+              help="share of train held out to pick the linear head")] = 0.2,
+          seed: Annotated[int, typer.Option(help="seeds the validation split and the heads")] = 0,
+          templates: Annotated[Optional[Path], typer.Option(
+              help="zero-shot templates file, one per line with {} for the class")] = None,
+          n_last_blocks: Annotated[int, typer.Option(
+              help="layers concatenated by the last-n linear features")] = 4,
+          epochs: Annotated[Optional[int], typer.Option(
+              help="linear-head epochs (default: at least 200 SGD steps)")] = None,
+          batch_size: BatchSize = 32, device: Device = None, workers: Workers = None,
+          dtype: Annotated[str, typer.Option(help="float16 | float32 features on disk")]
+          = "float16",
+          no_pretrained: NoPretrained = False,
+          overwrite: Annotated[bool, typer.Option(help="extract the features again")] = False,
+          as_json: Json = False, verbose: Verbose = False):
     """How good are each model's frozen features on my labelled images, at every layer?
     k-NN (DINO), linear heads (DINOv2 grid, picked on a validation split of train), zero-shot
     (image-text models) and LogME. Features are extracted once into OUT/features and reused."""
-    from ..analyses.probes.evaluate import probe as run_probe
+    from ..analyses.probes import probe as run_probe
 
-    setup_logging(verbose)
     ks = _ints(k, "--k")
-    try:
+    with call(verbose=verbose, interrupted=f"extracted features are kept in {out}/features; "
+                                           "rerun the same command to resume"):
         result = run_probe(model, train, test, layers=layers, methods=method, out=out, k=ks,
                            temperature=temperature, pool=pool, val_fraction=val_fraction,
                            seed=seed, templates=templates, n_last_blocks=n_last_blocks,
                            linear_options={"epochs": epochs} if epochs else None,
                            pretrained=not no_pretrained, batch_size=batch_size, device=device,
                            num_workers=workers, dtype=dtype, overwrite=overwrite)
-    except (ZoolensError, ImportError) as exc:
-        fail(exc)
-    except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted:[/] extracted features are kept in {out}/features; "
-                      "rerun the same command to resume")
-        raise typer.Exit(130)
     console.print(_leaderboard_table(result))
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}")

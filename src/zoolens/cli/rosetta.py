@@ -2,70 +2,59 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from ..errors import ZoolensError
-from ._app import SPECS_HELP, app, console, emit_json, fail, setup_logging
-
-
-def _bytes(text: str) -> float:
-    units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-    t = text.strip().lower().rstrip("ib").rstrip("b")
-    return float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+from ._app import (BatchSize, Device, Json, Layers, Models, NoPretrained, Out, Store, Verbose,
+                   Workers, app, call, console, emit_json, parse_bytes)
 
 
 @app.command()
-def rosetta(model: List[str] = typer.Option(..., "--model", "-m", help=SPECS_HELP),
-            images: Optional[str] = typer.Option(None, "--images", "-i",
-                                                 help="folder, CSV, or synthetic:scenes?n=64"),
-            generator: Optional[str] = typer.Option(None, help="latent -> image model "
-                                                    "(file:gan.py:make); it joins the zoo"),
-            n: int = typer.Option(64, "--n", help="images to sample from --generator"),
-            seed: int = typer.Option(0, help="latent seed for --generator"),
-            layers: str = typer.Option("blocks", "--layers", "-l"),
-            out: Path = typer.Option(..., "--out", "-o"),
-            resolution: Optional[int] = typer.Option(None, help="common grid (default: the largest "
-                                                     "tapped grid, at most 32)"),
-            anchor: Optional[str] = typer.Option(None, help="model the sets are built around "
-                                                 "(default: the generator, else the first model)"),
-            relaxed: bool = typer.Option(False, help="relaxed best buddies (top-1 one way, "
-                                         "top-k the other)"),
-            k: int = typer.Option(5, help="k of relaxed best buddies"),
-            pairwise: bool = typer.Option(False, help="sets must be pairwise best buddies too"),
-            min_correlation: Optional[float] = typer.Option(None, help="drop weaker pairs"),
-            concepts: int = typer.Option(8, help="number of concepts to cluster the sets into"),
-            max_memory: str = typer.Option("4GiB", help="budget for correlation tables"),
-            batch_size: int = typer.Option(32, "--batch-size", "-b"),
-            device: Optional[str] = typer.Option(None),
-            workers: Optional[int] = typer.Option(None),
-            no_pretrained: bool = typer.Option(False, "--no-pretrained"),
-            as_json: bool = typer.Option(False, "--json"),
-            verbose: bool = typer.Option(False, "--verbose", "-v")):
+def rosetta(model: Models, out: Out,
+            images: Annotated[Optional[str], typer.Option(
+                "--images", "-i", help="folder, CSV, or synthetic:scenes?n=64")] = None,
+            generator: Annotated[Optional[str], typer.Option(
+                help="latent -> image model (file:gan.py:make); it joins the zoo")] = None,
+            n: Annotated[int, typer.Option("--n", help="images to sample from --generator")] = 64,
+            seed: Annotated[int, typer.Option(help="latent seed for --generator")] = 0,
+            layers: Layers = "blocks",
+            resolution: Annotated[Optional[int], typer.Option(
+                help="common grid (default: the largest tapped grid, at most 32)")] = None,
+            anchor: Annotated[Optional[str], typer.Option(
+                help="model the sets are built around (default: the generator, else the first "
+                     "model)")] = None,
+            relaxed: Annotated[bool, typer.Option(
+                help="relaxed best buddies (top-1 one way, top-k the other)")] = False,
+            k: Annotated[int, typer.Option(help="k of relaxed best buddies")] = 5,
+            pairwise: Annotated[bool, typer.Option(
+                help="sets must be pairwise best buddies too")] = False,
+            min_correlation: Annotated[Optional[float], typer.Option(
+                help="drop weaker pairs")] = None,
+            concepts: Annotated[int, typer.Option(
+                help="number of concepts to cluster the sets into")] = 8,
+            max_memory: Annotated[str, typer.Option(
+                help="budget for correlation tables, e.g. 4GiB")] = "4GiB",
+            batch_size: BatchSize = 32, device: Device = None, workers: Workers = None,
+            store: Store = None, no_pretrained: NoPretrained = False, as_json: Json = False,
+            verbose: Verbose = False):
     """Rosetta neurons: units of different models that encode the same concept, by Pearson
     correlation over images and positions, mutual best buddies, and clustering."""
-    from ..analyses.rosetta_mining import rosetta as mine
+    from ..analyses.rosetta import rosetta as mine
 
-    setup_logging(verbose)
-    try:
+    budget = parse_bytes(max_memory)
+    with call(verbose=verbose, interrupted=f"checkpoints kept in {out}/state; rerun to resume"):
         result = mine(model, images, generator=generator, n_generated=n, seed=seed, layers=layers,
                       resolution=resolution, anchor=anchor, mode="relaxed" if relaxed else "strict",
                       k=k, pairwise=pairwise, min_correlation=min_correlation, concepts=concepts,
-                      max_memory=_bytes(max_memory), batch_size=batch_size, device=device,
+                      max_memory=budget, batch_size=batch_size, device=device, store=store,
                       pretrained=not no_pretrained, num_workers=workers, out=out)
-    except (ZoolensError, ImportError, ValueError) as exc:
-        fail(exc)
-    except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted:[/] checkpoints kept in {out}/state; rerun to resume")
-        raise typer.Exit(130)
     table = Table(title=f"Rosetta sets ({len(result.sets)}) over {result.images} images at "
                         f"{result.resolution[0]}x{result.resolution[1]}")
     table.add_column("r", justify="right")
     for name in result.models:
-        table.add_column(name[-30:])
+        table.add_column(name[-30:], overflow="fold")
     for s in result.sets[:15]:
         table.add_row(f"{s['mean_correlation']:.3f}", *[u.rsplit("/", 1)[-1] for u in s["units"]])
     console.print(table)

@@ -81,10 +81,10 @@ def run_demo(out: str | Path = "zoolens-demo", *, images: int = 64, device=None,
     """Run the whole demo into `out` and return the path of `out/report.html`.
     `pretrained=False` runs the same pipeline on untrained networks (for tests)."""
     import zoolens
-    from ..analyses.compare import compare, plot_matrix
-    from ..analyses.concept_scores import score_concepts
-    from ..analyses.objects import write_discovery
+    from ..analyses.discovery import discover
+    from ..analyses.similarity import compare
     from ..report.html import build_report
+    from .scoring import score_concepts
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -110,12 +110,9 @@ def run_demo(out: str | Path = "zoolens-demo", *, images: int = 64, device=None,
 
     # 2. CKA between the classifier and the ViT
     start = time.perf_counter()
-    cmp = compare(models["classifier"], models["ssl_vit"],
-                  f"synthetic:scenes?n={images}&size=64&seed={_SEEDS['compare']}",
-                  metric="cka", num_workers=0, progress=progress)
-    (out / "compare").mkdir(exist_ok=True)
-    (out / "compare" / "compare.json").write_text(cmp.to_json(indent=1))
-    plot_matrix(cmp, out / "compare" / "compare.png")
+    compare(models["classifier"], models["ssl_vit"],
+            f"synthetic:scenes?n={images}&size=64&seed={_SEEDS['compare']}",
+            metric="cka", num_workers=0, progress=progress, out=out / "compare")
     timings["compare"] = time.perf_counter() - start
 
     # 3. The probe leaderboard
@@ -131,8 +128,9 @@ def run_demo(out: str | Path = "zoolens-demo", *, images: int = 64, device=None,
     # 4. Object discovery with the self-supervised ViT
     start = time.perf_counter()
     found = SyntheticScenes(n=max(4, images // 4), size=64, seed=_SEEDS["discover"])
-    summary = write_discovery(models["ssl_vit"], found, out / "discover", objects=3,
-                              progress=progress)
+    discover(models["ssl_vit"], found, objects=3, num_workers=0, progress=progress,
+             out=out / "discover")
+    summary = json.loads((out / "discover" / "discover.json").read_text())
     summary["ground_truth"] = _discovery_scores(summary, found, out / "discover")
     (out / "discover" / "discover.json").write_text(json.dumps(summary, indent=1))
     timings["discover"] = time.perf_counter() - start

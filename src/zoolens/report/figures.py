@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["overlay", "concept_figure"]
+__all__ = ["overlay", "concept_figure", "save_png", "file_stem"]
 
 
 def _plt():
@@ -64,3 +65,17 @@ def concept_figure(images: Sequence[Image.Image], heat: np.ndarray, model_names:
 
 def _short(name: str, limit: int = 28) -> str:
     return name if len(name) <= limit else "…" + name[-(limit - 1):]
+
+
+def save_png(array: np.ndarray, path: str | Path) -> Path:
+    """An (H, W) or (H, W, 3) uint8 array -> a PNG file (folders created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def file_stem(id_: str, index: int) -> str:
+    """A file-name stem for an image id: index-prefixed (unique), no path separators."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", str(id_)).strip("._")[-80:] or "image"
+    return f"{index:06d}_{stem}"

@@ -19,8 +19,9 @@ class BadImage(Exception):
 
 @dataclass
 class Decoded:
-    image: Image.Image  # RGB
+    image: Image.Image | None  # RGB; None for a latent that a zoo member draws into an image
     note: str | None = None  # e.g. "converted from CMYK"
+    latent: object | None = None  # the generator's input (a tensor), for drawn sources
 
 
 @dataclass
@@ -31,6 +32,9 @@ class ImageSource:
     labels: list | None = None  # one per item where the source knows them (class folders, CSV)
     skipped_at_listing: list[dict] = field(default_factory=list)  # files never decoded
     description: str = ""
+    # The zoo member that draws this source's images from its items (latents), or None: the
+    # engine runs it first in every batch, and the other models see what it drew.
+    drawn_by: object | None = None
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -1,14 +1,16 @@
-"""Images sampled from a generator (latent -> image), which is itself a zoo member: its units
-are tapped while it draws the very images the other models see, as in the Rosetta paper.
+"""Images drawn by a generator (latent -> image), which is itself a zoo member: its units are
+tapped while it draws the very images the other models see, as in the Rosetta paper.
 
-Latent `i` is drawn from its own seeded stream, so sample `i` is the same whatever the batch
-it falls in, and a resumed or re-run mining pass sees the same images."""
+The source's items are latents: `decode(i)` gives latent `i`, and the engine runs the generator
+(`drawn_by`) first in every batch, like any other model, and hands what it drew to the others.
+Latent `i` is drawn from its own seeded stream, so sample `i` is the same whatever the batch it
+falls in, and a resumed or re-run pass sees the same images."""
 
 from __future__ import annotations
 
-import numpy as np
+import hashlib
+
 import torch
-from PIL import Image
 
 from ..errors import InputError
 from .base import Decoded, ImageSource
@@ -34,32 +36,41 @@ class GeneratedImages(ImageSource):
             n = len(latents)
         if n < 1:
             raise InputError(f"generator samples: need n >= 1, got {n}")
-        self.generator, self.n, self.seed, self.given = generator, n, seed, latents
+        self.n, self.seed, self.given = n, seed, latents
+        self.latent_shape = tuple(generator.input_shape)
         if latents is not None:  # the checkpoints' fingerprint must change with the latents
-            import hashlib
-
             what = f"latents={n}&sha1={hashlib.sha1(latents.numpy().tobytes()).hexdigest()[:12]}"
         else:
             what = f"n={n}&seed={seed}"
         super().__init__(ids=ids or [f"generated_{seed}_{i:06d}" for i in range(n)],
-                         description=f"generator:{generator.spec}?{what}")
+                         description=f"generator:{generator.spec}?{what}", drawn_by=generator)
+
+    @property
+    def generator(self):
+        return self.drawn_by
 
     def latents(self, indices) -> torch.Tensor:
         if self.given is not None:
             return self.given[list(indices)]
-        shape = self.generator.input_shape
-        return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(
-            self.seed * 1_000_003 + int(i))) for i in indices])
+        return torch.stack([self._latent(int(i)) for i in indices])
 
-    def to_pil(self, images: torch.Tensor) -> list[Image.Image]:
-        """Generator output (B, 3, H, W) in its `output_range` -> RGB images."""
-        lo, hi = self.generator.adapter.output_range
-        x = ((images.detach().float().cpu() - lo) / (hi - lo)).clamp(0, 1)
-        arr = (x.permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
-        return [Image.fromarray(a) for a in arr]
+    def _latent(self, index: int) -> torch.Tensor:
+        if self.given is not None:
+            return self.given[index]
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        return torch.randn(self.latent_shape, generator=g)
 
     def decode(self, index: int) -> Decoded:
-        """One sample, drawn alone (the engine draws whole batches instead)."""
+        return Decoded(None, latent=self._latent(index))
+
+    def draw(self, index: int):
+        """One sample drawn alone, as an RGB image (the engine draws whole batches instead)."""
         with torch.inference_mode():
-            out = self.generator.forward(self.latents([index]).to(self.generator.device))
-        return Decoded(self.to_pil(out)[0])
+            out = self.drawn_by.forward(self._latent(index)[None].to(self.drawn_by.device))
+        return self.drawn_by.to_images(out)[0]
+
+    def __getstate__(self):
+        # Decoding workers only need the latents: never pickle the generator's weights to them.
+        state = dict(self.__dict__)
+        state["drawn_by"] = None
+        return state

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from functools import cached_property
 
+import numpy as np
 import torch
 from PIL import Image
 
-from ..taps import TapInfo, describe_output, find_blocks, first_tensor, hooks, select_layers
+from ..taps import OUTPUT, TapInfo, describe_output, find_blocks, first_tensor, hooks, select_layers
+from ..errors import InputError
 from .registry import AdapterResult
 
-__all__ = ["Model"]
+__all__ = ["Model", "resolve_layers"]
 
 _DRY_RUN_BATCH = 3  # odd and small: tells a batch axis from a token axis
 
@@ -32,6 +34,12 @@ class Model:
         self.module = adapter.module.to(device).eval()
         self.preprocess = adapter.preprocess
         self.input_size = tuple(adapter.input_size)
+        self.pretrained = True  # set by `zoolens.load`
+
+    def record(self) -> dict:
+        """What a result or a store was computed from, so a rerun can tell it is the same model."""
+        return {"spec": self.spec, "pretrained": self.pretrained,
+                "weights": self.adapter.meta.get("weights"), "input_size": list(self.input_size)}
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -52,6 +60,10 @@ class Model:
         return self.module(x)
 
     @cached_property
+    def module_names(self) -> frozenset[str]:
+        return frozenset(n for n, _ in self.module.named_modules())
+
+    @cached_property
     def _layer_infos(self) -> list[TapInfo]:
         """Every submodule's output, described from one dry run on a blank batch."""
         outputs: dict[str, torch.Tensor] = {}
@@ -66,7 +78,9 @@ class Model:
         names = [n for n, _ in self.module.named_modules() if n]
         x = torch.zeros(_DRY_RUN_BATCH, *self.input_shape, device=self.device)
         with torch.no_grad(), hooks(self.module, names, record):
-            self.forward(x)
+            result = first_tensor(self.forward(x))
+        if OUTPUT not in self.module_names and result is not None:  # the forward output, last
+            outputs[OUTPUT], calls[OUTPUT] = result.detach(), 1
         a = self.adapter
         # `outputs` fills in the order modules first run: layers are listed in forward order
         return [describe_output(n, t, _DRY_RUN_BATCH, input_size=self.input_size,
@@ -101,3 +115,22 @@ class Model:
 
     def preprocess_image(self, image: Image.Image) -> torch.Tensor:
         return self.preprocess(image)
+
+    def to_images(self, output) -> list[Image.Image]:
+        """A generator's output batch (B, 3, H, W), in its `output_range` -> RGB images."""
+        lo, hi = self.adapter.output_range
+        x = ((first_tensor(output).detach().float().cpu() - lo) / (hi - lo)).clamp(0, 1)
+        arr = (x.permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
+        return [Image.fromarray(a) for a in arr]
+
+
+def resolve_layers(models, layers) -> dict[str, list[str]]:
+    """One selector for all models, or a dict {model name or spec: selector} -> layer names per
+    model name."""
+    result = {}
+    for m in models:
+        sel = layers.get(m.name, layers.get(m.spec)) if isinstance(layers, dict) else layers
+        if sel is None:
+            raise InputError(f"no layers given for {m.name}; have keys {list(layers)}")
+        result[m.name] = m.select(sel)
+    return result

@@ -10,14 +10,18 @@ from __future__ import annotations
 import fnmatch
 import importlib
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
 
-from ..errors import UnknownModelError
+from ..errors import InputError, UnknownModelError
 
-__all__ = ["AdapterResult", "unknown_model", "register_source", "list_sources", "parse_spec", "load", "list_models"]
+if TYPE_CHECKING:
+    from .model import Model
+
+__all__ = ["AdapterResult", "unknown_model", "register_source", "list_sources", "parse_spec", "load",
+           "as_models", "list_models", "resolve_device"]
 
 _SOURCES: dict[str, Callable[..., "AdapterResult"]] = {}
 _LISTERS: dict[str, Callable[[], list[str]]] = {}
@@ -160,14 +164,41 @@ def load(spec: str, pretrained: bool = True, device: str | torch.device | None =
             f"model source {source!r} needs a package that is not installed ({exc}); "
             f"install it with: pip install 'zoolens[{_EXTRAS.get(source, 'all')}]'"
         ) from exc
-    return Model(spec=spec, adapter=result, device=resolve_device(device), name=name)
+    model = Model(spec=spec, adapter=result, device=resolve_device(device), name=name)
+    model.pretrained = bool(pretrained or weights)
+    return model
+
+
+def as_models(models, *, pretrained: bool = True, device=None) -> list["Model"]:
+    """Specs, Models, or a mix -> loaded Models (the one way analyses take their models)."""
+    from .model import Model
+
+    if isinstance(models, (str, Model)):
+        models = [models]
+    out = [m if isinstance(m, Model) else load(m, pretrained=pretrained, device=device)
+           for m in models]
+    if not out:
+        raise InputError("no models given; name at least one, e.g. timm:resnet50")
+    return out
 
 
 _EXTRAS = {"open_clip": "open_clip", "hf": "hf", "diffusers": "diffusers"}
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """None -> CUDA when present, else CPU."""
+    """None -> CUDA when present, else CPU; a named device must exist here."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"--device {device!r}: use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: this machine has no CUDA device (PyTorch "
+                         f"{torch.__version__} sees none); use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"--device {device}: there are {torch.cuda.device_count()} CUDA "
+                         "device(s), numbered from 0")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"--device {device}: MPS (Apple GPU) is not available here; use cpu")
+    return dev

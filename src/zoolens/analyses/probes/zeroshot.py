@@ -28,7 +28,7 @@ import torch
 
 from ..._validation import as_features
 from ...errors import InputError
-from ...taps import first_tensor, hooks
+from ...taps import first_tensor
 
 __all__ = [
     "DEFAULT_TEMPLATES",
@@ -38,7 +38,6 @@ __all__ = [
     "encode_texts",
     "zeroshot_classifier",
     "zeroshot_scores",
-    "image_embedding_layer",
 ]
 
 #: Prompt templates in the style of CLIP's ImageNet prompts; "{}" stands for the class name.
@@ -236,45 +235,3 @@ def zeroshot_scores(image_features, classifier) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------
 # image side
-
-
-def _image_embedding(out) -> torch.Tensor | None:
-    """The image embedding in a forward output: the tensor itself, or the ModelOutput field
-    holding it (transformers >= 5 returns the projection in `pooler_output`)."""
-    if isinstance(out, torch.Tensor):
-        return out
-    for key in ("image_embeds", "pooler_output"):
-        value = getattr(out, key, None)
-        if isinstance(value, torch.Tensor):
-            return value
-    return first_tensor(out)
-
-
-def image_embedding_layer(model) -> str | None:
-    """Name of the last module whose output IS the model's final image embedding (open_clip:
-    `visual`; hf CLIP: `visual_projection`), found by one forward pass on a small random batch;
-    None when the embedding is computed after the last module (nothing to tap).
-
-    The engine taps submodules, so this is how the forward output enters the feature store."""
-    module = _module(model)
-    size = tuple(getattr(model, "input_size", (224, 224)))
-    device = next(module.parameters()).device
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 3, *size, generator=gen).to(device)
-    seen: list[tuple[str, torch.Tensor]] = []
-
-    def record(name, output):
-        t = first_tensor(output)
-        if t is not None:
-            seen.append((name, t.detach().clone()))  # clone: later in-place ops cannot alter it
-
-    names = [n for n, _ in module.named_modules() if n]
-    with torch.inference_mode(), hooks(module, names, record):
-        out = model.forward(x) if hasattr(model, "forward") and model is not module else module(x)
-    emb = _image_embedding(out)
-    if emb is None or emb.ndim != 2:
-        return None
-    for name, t in reversed(seen):  # the last module called that produced exactly this tensor
-        if t.shape == emb.shape and torch.equal(t, emb):
-            return name
-    return None

@@ -12,8 +12,8 @@ import torch
 
 import zoolens
 import zoolens.engine
-from zoolens.analyses.probes import evaluate as ev
-from zoolens.analyses.probes.evaluate import ProbeResult, probe
+from zoolens.analyses.probes import evaluation as ev
+from zoolens.analyses.probes import ProbeResult, probe
 from zoolens.errors import InputError
 
 VIT = "timm:vit_tiny_patch16_224?img_size=32&patch_size=8&depth=2"
@@ -105,9 +105,9 @@ def test_knn_rows_equal_numpy_dino_knn_on_stored_features(vit_run):
     for r in res.rows("knn"):
         tr = zoolens.open_store(stores["train"][r["pool"]])
         te = zoolens.open_store(stores["test"][r["pool"]])
-        assert tr.info(VIT, r["layer"])["pool"] == r["pool"]
-        expected = _dino_knn_top1(tr.features(VIT, r["layer"]), tr.labels,
-                                  te.features(VIT, r["layer"]), te.labels, r["k"])
+        assert tr.info(VIT, r["layer"], r["pool"])["pool"] == r["pool"]
+        expected = _dino_knn_top1(tr.features(VIT, r["layer"], r["pool"]), tr.labels,
+                                  te.features(VIT, r["layer"], r["pool"]), te.labels, r["k"])
         assert r["top1"] == pytest.approx(expected, abs=1e-12), r["setting"]
         checked += 1
     assert checked == 12
@@ -118,7 +118,7 @@ def test_logme_rows_use_the_train_features_of_their_layer(vit_run):
     stores = res.settings["stores"][VIT]
     for r in res.rows("logme"):
         st = zoolens.open_store(stores["train"][r["pool"]])
-        x = np.asarray(st.features(VIT, r["layer"]), np.float32)
+        x = np.asarray(st.features(VIT, r["layer"], r["pool"]), np.float32)
         assert r["score"] == pytest.approx(zoolens.logme(x, st.labels), rel=1e-9)
 
 
@@ -154,7 +154,7 @@ def test_validation_split_never_touches_test(tmp_path, monkeypatch, vit, vit_run
     again = probe([vit], TRAIN, TEST2, methods=("linear",), out=tmp_path, n_last_blocks=2,
                   **FAST)
     train_store = zoolens.open_store(again.settings["stores"][VIT]["train"]["cls"])
-    train_cls = {layer: np.asarray(train_store.features(VIT, layer), np.float32)
+    train_cls = {layer: np.asarray(train_store.features(VIT, layer, "cls"), np.float32)
                  for layer in ("blocks.0", "blocks.1")}
     assert len(fits) == 2
     for (feats, labels), layer in zip(fits, ("blocks.0", "blocks.1")):
@@ -188,14 +188,14 @@ def test_both_pools_in_one_pass_write_the_stores_extract_writes(tmp_path, forwar
     forward_calls.clear()
     stores = res.settings["stores"][VIT]["train"]
     for pool in ("mean", "cls"):
-        before = np.array(zoolens.open_store(stores[pool]).features(VIT, "blocks.1"))
-        # zoolens.extract with the same settings finds a finished store: resumes, does nothing.
+        before = np.array(zoolens.open_store(stores[pool]).features(VIT, "blocks.1", pool))
+        # zoolens.extract finds a finished store that holds what it asks: does nothing.
         zoolens.extract([VIT], TRAIN, layers="blocks", out=stores[pool], pool=pool, **FAST)
         np.testing.assert_array_equal(
-            zoolens.open_store(stores[pool]).features(VIT, "blocks.1"), before)
+            zoolens.open_store(stores[pool]).features(VIT, "blocks.1", pool), before)
     assert forward_calls == []
-    cls_t = np.asarray(zoolens.open_store(stores["cls"]).features(VIT, "blocks.1"))
-    mean_t = np.asarray(zoolens.open_store(stores["mean"]).features(VIT, "blocks.1"))
+    cls_t = np.asarray(zoolens.open_store(stores["cls"]).features(VIT, "blocks.1", "cls"))
+    mean_t = np.asarray(zoolens.open_store(stores["mean"]).features(VIT, "blocks.1", "mean"))
     assert np.abs(cls_t - mean_t).max() > 1e-3  # two different poolings, not one copied
 
 
@@ -211,13 +211,13 @@ def test_zeroshot_in_probe_matches_manual(tmp_path, monkeypatch, open_clip_tiny)
     res = probe([model, VIT], TRAIN, TEST, methods=("zeroshot",), out=tmp_path, pool="cls",
                 templates=["a photo of a {}.", "a drawing of a {}."], **FAST)
     (row,) = res.rows("zeroshot")
-    assert row["model"] == clip and row["layer"] == "visual" and row["layer_index"] is None
+    assert row["model"] == clip and row["layer"] == "output" and row["layer_index"] is None
     assert any(n.startswith(f"zeroshot: skipped {VIT}") for n in res.notes)
 
     # The stored test features are the model's final image embedding (encode_image).
     st = zoolens.open_store(res.settings["stores"][clip]["test"]["cls"])
-    assert st.info(clip, "visual.transformer.resblocks.1")["pool"] == "cls"
-    img = np.asarray(st.features(clip, "visual"), np.float64)
+    assert st.info(clip, "visual.transformer.resblocks.1", "cls")["pool"] == "cls"
+    img = np.asarray(st.features(clip, "output"), np.float64)
     src = zoolens.open_source(TEST)
     x = torch.stack([model.preprocess(src.decode(i).image) for i in range(len(src))])
     with torch.no_grad():

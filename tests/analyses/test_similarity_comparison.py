@@ -13,7 +13,7 @@ from PIL import Image
 
 import zoolens
 from cka_reference import ref_hsic1
-from zoolens.analyses.compare import CompareResult, compare, plot_matrix
+from zoolens.analyses.similarity import CompareResult, compare, plot_matrix
 from zoolens.analyses.similarity import mutual_knn
 from zoolens.errors import InputError, UnknownLayerError
 from zoolens.sources import BadImage, open_source

@@ -1,9 +1,10 @@
 """`probe()`: how good each model's frozen features are on a labelled task, at every layer.
 
-Extract once, evaluate many ways. Features of the train and test images are written to the
-feature store (`zoolens.extract`) under ``out/features/<model slug>/<split>/<pool>/`` and every
-method reads them back; a later run with other methods (or a subset of the layers) extracts
-nothing again. Stores are per model, so adding a model to a run only extracts that model.
+Extract once, evaluate many ways. Features of the train and test images are written to one
+feature store per model and split (`zoolens.plan.extract`), ``out/features/<model slug>/<split>/``,
+holding every pooling the methods use, and every method reads them back; a later run with other
+methods (or a subset of the layers) extracts nothing again. Stores are per model, so adding a
+model to a run only extracts that model.
 
 Methods, per model and tapped layer:
 
@@ -16,9 +17,9 @@ Methods, per model and tapped layer:
   rates; the head is chosen on a stratified validation split held out of TRAIN (``val_fraction``)
   and applied unchanged to test. The test split never reaches `fit`.
 - ``logme``: the LogME evidence (`logme`) of the training features, per pooling (``score``).
-- ``zeroshot``: image-text models only: the model's final image embedding (the forward output,
-  tapped from the module that produces it, see `image_embedding_layer`) against class-name
-  prompts (`zeroshot_classifier`); other models get a note saying why they were skipped.
+- ``zeroshot``: image-text models only: the model's final image embedding (its forward output,
+  the engine's ``output`` tap) against class-name prompts (`zeroshot_classifier`); other models
+  get a note saying why they were skipped.
 
 Pooling: ``pool="mean"`` (mean of patch tokens or of the map), ``"cls"`` (the CLS token; mean
 where a layer has none), ``"both"`` (one forward pass filling a mean store and, for layers with
@@ -44,7 +45,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,15 +52,18 @@ from typing import Sequence
 
 import numpy as np
 
+from ... import plan
 from ...errors import InputError
 from ...sources import ImageSource, open_source
-from ...store import Store, StoreWriter
-from ...zoo.model import Model
+from ...store import Store, slug
+from ...taps import OUTPUT
+from ...zoo.model import Model, resolve_layers
+from ...zoo.registry import as_models
 from .knn import evaluate_knn, top_k_accuracy
 from .linear import LinearProbe
 from .logme import logme
-from .zeroshot import (DEFAULT_TEMPLATES, image_embedding_layer, is_image_text, read_templates,
-                       zeroshot_classifier, zeroshot_scores)
+from .zeroshot import (DEFAULT_TEMPLATES, is_image_text, read_templates, zeroshot_classifier,
+                       zeroshot_scores)
 
 __all__ = ["probe", "ProbeResult", "plot_curves", "METHODS", "PROBE_POOLS", "ACCURACY_METHODS"]
 
@@ -145,125 +148,44 @@ def _value(row: dict) -> float | None:
 # feature stores
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
-
-
-def _store_config(model: Model, source: ImageSource, pretrained: bool) -> dict:
-    """The run description `zoolens.extract` records, so the stores written here in one pass
-    are the stores `extract` would write (and resume) for each pooling."""
-    return {"models": {model.name: {"spec": model.spec, "pretrained": pretrained,
-                                    "weights": model.adapter.meta.get("weights"),
-                                    "input_size": list(model.input_size)}},
-            "source": source.description, "source_fingerprint": source.fingerprint()}
-
-
-def _reusable(path: Path, model: Model, source: ImageSource, names: list[str], pool: str,
-              pretrained: bool, dtype: str) -> bool:
-    """A complete store at `path` of this model and source that holds every layer in `names`
-    with this pooling (maybe more layers): read it as it is, extract nothing."""
+def _features(model: Model, source: ImageSource, pools: dict[str, list[str]], path: Path, *,
+              dtype: str, batch_size: int, device, num_workers, overwrite: bool,
+              progress: bool) -> Store:
+    """The store at `path` holding `pools` (layer -> poolings) of `model` on `source` (see
+    `plan.extract`: read as it is when it holds them, else extracted or resumed)."""
     try:
-        store = Store(path)
-    except (InputError, OSError, ValueError, KeyError):
-        return False
-    cfg = store.config
-    have = cfg.get("layers", {}).get(model.name, {})
-    want = _store_config(model, source, pretrained)
-    return (store.complete and cfg.get("dtype") == dtype
-            and cfg.get("source_fingerprint") == want["source_fingerprint"]
-            and cfg.get("models", {}).get(model.name) == json.loads(json.dumps(
-                want["models"][model.name]))
-            and all(have.get(n, {}).get("requested_pool") == pool for n in names))
-
-
-def _extract(model: Model, source: ImageSource, layer_sets: dict[str, list[str]],
-             dirs: dict[str, Path], *, pretrained: bool, dtype: str, batch_size: int, device,
-             num_workers, overwrite: bool, progress: bool) -> None:
-    """Fill one store per pooling in `layer_sets` (pool -> layer names), in ONE forward pass.
-
-    One pooling goes through `zoolens.extract`; two share the engine pass, each written by its
-    own `StoreWriter` with exactly the settings `extract` records."""
-    from ...engine import run
-    from ...extract import extract
-
-    todo_sets = {p: names for p, names in layer_sets.items()
-                 if overwrite or not _reusable(dirs[p], model, source, names, p, pretrained,
-                                               dtype)}
-    if not todo_sets:
-        return
-    try:
-        if len(todo_sets) == 1:
-            (p, names), = todo_sets.items()
-            extract([model], source, layers=names, out=dirs[p], pool=p, batch_size=batch_size,
-                    device=device, dtype=dtype, pretrained=pretrained, num_workers=num_workers,
-                    overwrite=overwrite, progress=progress)
-            return
-        chunk_size = max(batch_size, -(-256 // batch_size) * batch_size)  # as extract does
-        config = _store_config(model, source, pretrained)
-        writers = []
-        request: dict[str, set[str]] = {}
-        for p, names in todo_sets.items():
-            by_name = {i.name: i for i in model.layers(names)}
-            ordered = model.select(names)
-            writers.append(StoreWriter(
-                dirs[p], {model.name: {n: by_name[n] for n in ordered}},
-                {model.name: {n: p for n in ordered}}, ids=source.ids, labels=source.labels,
-                dtype=dtype, chunk_size=chunk_size, config=config,
-                listing_skips=source.skipped_at_listing, overwrite=overwrite))
-            for n in ordered:
-                request.setdefault(n, set()).add(p)
+        return plan.extract([model], source, {model.name: pools}, path, batch_size=batch_size,
+                            dtype=dtype, overwrite=overwrite, num_workers=num_workers,
+                            device=device, progress=progress)
     except InputError as exc:
         if "holds another extraction" not in str(exc):
             raise
         raise InputError(f"{exc} (probe: pass overwrite=True / --overwrite to extract the "
                          "features again)") from None
-    todo = sorted(set().union(*(w.todo() for w in writers)))
-    summary = None
-    try:
-        if todo:
-            summary = run([model], source, {model.name: request}, writers, indices=todo,
-                          batch_size=batch_size, chunk_size=chunk_size, num_workers=num_workers,
-                          device=device, progress=progress)
-    finally:
-        extra = {"last_run": {"images": summary.images, "seconds": round(summary.seconds, 3),
-                              "device": summary.device}} if summary else {}
-        for w in writers:
-            w.close(**extra)
 
 
 class _Split:
-    """The features of one model on one split, read back from its stores (valid rows only)."""
+    """The features of one model on one split, read back from its store (valid rows only)."""
 
-    def __init__(self, model_name: str, stores: dict[str, Store]):
-        self.model_name, self.stores = model_name, stores
-        valid = None
-        for s in stores.values():
-            valid = s.valid.copy() if valid is None else valid & s.valid
-        self.valid = valid
-        first = next(iter(stores.values()))
-        if first.labels is None:
-            raise InputError(f"{first.path}: the store has no labels")
-        self.labels = np.asarray(first.labels)[valid]
-        skipped = {}
-        for s in stores.values():
-            for item in s.skipped:
-                skipped.setdefault(item.get("id"), item)
-        self.skipped = list(skipped.values())
+    def __init__(self, model_name: str, store: Store):
+        self.model_name, self.store = model_name, store
+        self.valid = store.valid
+        if store.labels is None:
+            raise InputError(f"{store.path}: the store has no labels")
+        self.labels = np.asarray(store.labels)[self.valid]
+        self.skipped = list(store.skipped)
 
     def pools(self, layer: str) -> dict[str, str]:
-        """{effective pooling: store key} available for `layer` ("mean", "cls" or "vector")."""
+        """{effective pooling ("mean", "cls" or "vector"): the stored pooling} of `layer`."""
         out = {}
-        for key, s in self.stores.items():
-            entry = s.config["layers"][self.model_name].get(layer)
-            if entry is not None:
-                eff = "vector" if entry["pool"] == "none" else entry["pool"]
-                out.setdefault(eff, key)
+        for requested, sub in self.store.pools(self.model_name, layer).items():
+            eff = "vector" if sub["pool"] == "none" else sub["pool"]
+            out.setdefault(eff, requested)
         return out
 
     def features(self, layer: str, pool: str) -> np.ndarray:
         """(n_valid, C) float32."""
-        key = self.pools(layer)[pool]
-        arr = self.stores[key].features(self.model_name, layer)
+        arr = self.store.features(self.model_name, layer, self.pools(layer)[pool])
         return np.asarray(arr[self.valid], dtype=np.float32)
 
 
@@ -334,10 +256,8 @@ def probe(models, train, test, *, layers="blocks", methods: Sequence[str] = ("kn
                          "goes, e.g. 'a photo of a {}.'")
     out = Path(out)
 
-    from ...extract import as_models, resolve_layers
-
     models = as_models(models, pretrained=pretrained, device=device)
-    slugs = [_slug(m.name) for m in models]
+    slugs = [slug(m.name) for m in models]
     if len(set(slugs)) != len(slugs):
         raise InputError(f"models {[m.name for m in models]}: two share a name (or a folder "
                          "name); give each a distinct name")
@@ -348,23 +268,21 @@ def probe(models, train, test, *, layers="blocks", methods: Sequence[str] = ("kn
     stores_info: dict[str, dict] = {}
     for model in models:
         names = chosen[model.name]
-        text = is_image_text(model)
-        # The image embedding is stored for every image-text model whatever the methods, so a
-        # later run with method zeroshot finds the same store settings and extracts nothing.
-        embed = image_embedding_layer(model) if text else None
-        if text and embed is None:
-            result.notes.append(f"zeroshot: {model.name}: no module outputs the final image "
-                                "embedding (it is computed after the last module); skipped")
-        layer_sets = _layer_sets(model, names, embed, pool)
+        # The image embedding (the forward output) is stored for every image-text model whatever
+        # the methods, so a later run with method zeroshot finds the same store and extracts
+        # nothing.
+        embed = OUTPUT if is_image_text(model) else None
+        pools = _layer_pools(model, names, embed, pool)
         splits = {}
         for split, source in sources.items():
-            dirs = {p: out / "features" / _slug(model.name) / split / p for p in layer_sets}
-            log.info("%s: %s features -> %s", model.name, split, dirs)
-            _extract(model, source, layer_sets, dirs, pretrained=pretrained, dtype=dtype,
-                     batch_size=batch_size, device=device, num_workers=num_workers,
-                     overwrite=overwrite, progress=progress)
-            splits[split] = _Split(model.name, {p: Store(d) for p, d in dirs.items()})
-            stores_info.setdefault(model.name, {})[split] = {p: str(d) for p, d in dirs.items()}
+            path = out / "features" / slug(model.name) / split
+            log.info("%s: %s features -> %s", model.name, split, path)
+            store = _features(model, source, pools, path, dtype=dtype, batch_size=batch_size,
+                              device=device, num_workers=num_workers, overwrite=overwrite,
+                              progress=progress)
+            splits[split] = _Split(model.name, store)
+            stored = sorted({p for ps in pools.values() for p in ps})
+            stores_info.setdefault(model.name, {})[split] = {p: str(path) for p in stored}
         for split in ("train", "test"):
             known = {s["id"] for s in result.skipped[split]}
             result.skipped[split] += [s for s in splits[split].skipped if s["id"] not in known]
@@ -374,6 +292,8 @@ def probe(models, train, test, *, layers="blocks", methods: Sequence[str] = ("kn
                                        templates=templates, n_last_blocks=n_last_blocks,
                                        linear_options=linear_options or {}, device=device,
                                        notes=result.notes)
+    if not result.results:  # e.g. zero-shot alone on models without a text tower
+        raise InputError("probe: nothing could be evaluated: " + "; ".join(result.notes))
 
     result.settings = {
         "methods": list(methods), "k": ks, "temperature": float(temperature), "pool": pool,
@@ -418,18 +338,17 @@ def _labelled(src, split: str) -> ImageSource:
     return source
 
 
-def _layer_sets(model: Model, names: list[str], embed: str | None,
-                pool: str) -> dict[str, list[str]]:
-    """Which layers each store holds: pool -> layer names."""
-    extra = [embed] if embed and embed not in names else []
-    if pool != "both":
-        return {pool: names + extra}
-    with_cls = [i.name for i in model.layers(names)
-                if i.layout == "tokens" and i.prefix_tokens > 0]
-    sets = {"mean": names + extra}
-    if with_cls:
-        sets["cls"] = with_cls
-    return sets
+def _layer_pools(model: Model, names: list[str], embed: str | None,
+                 pool: str) -> dict[str, list[str]]:
+    """The store's layers and poolings: layer -> ["mean"], ["cls"] or, for pool "both",
+    ["mean", "cls"] where a layer has a CLS token; the image embedding as it is."""
+    with_cls = {i.name for i in model.layers(names)
+                if i.layout == "tokens" and i.prefix_tokens > 0}
+    pools = {n: ["mean", "cls"] if pool == "both" and n in with_cls
+             else ["mean" if pool == "both" else pool] for n in names}
+    if embed and embed not in pools:
+        pools[embed] = ["mean"]  # a vector is stored as it is, whatever the pooling
+    return pools
 
 
 def _top5(scores: np.ndarray, labels, classes) -> float | None:

@@ -11,7 +11,7 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 
-from zoolens.analyses import discovery as dc
+from zoolens.analyses.discovery import cuts as dc
 from zoolens.analyses.discovery import (MaskCutResult, mask_bbox, maskcut, ncut, ncut_batch,
                                         pca_rgb, upsample_mask)
 from zoolens.errors import InputError

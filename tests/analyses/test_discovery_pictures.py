@@ -11,7 +11,7 @@ import torch
 
 import zoolens
 from zoolens.analyses.discovery import pca_rgb
-from zoolens.analyses.visualize import Visualization, visualize
+from zoolens.analyses.discovery import Visualization, visualize
 from zoolens.errors import InputError
 from zoolens.sources import open_source
 

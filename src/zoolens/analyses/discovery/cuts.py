@@ -50,8 +50,8 @@ import scipy.ndimage
 import scipy.sparse
 import scipy.sparse.linalg
 
-from .._validation import as_features
-from ..errors import InputError
+from ..._validation import as_features
+from ...errors import InputError
 
 __all__ = [
     "ObjectMask",

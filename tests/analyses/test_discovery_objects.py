@@ -14,8 +14,8 @@ from torchvision import transforms as T
 
 import zoolens
 from zoolens.analyses.discovery import mask_bbox, maskcut
-from zoolens.analyses.objects import (ImageObjects, PatchLayer, _WindowProbe, discover,
-                                      iter_discover, patch_layer)
+from zoolens.analyses.discovery import ImageObjects, PatchLayer, discover, patch_layer
+from zoolens.zoo.window import WindowProbe
 from zoolens.errors import InputError, UnknownLayerError
 from zoolens.sources import open_source
 
@@ -150,7 +150,7 @@ def test_discover_cuts_the_keys_and_places_masks_in_the_crop(vit):
 ])
 def test_window_probe_recovers_resize_and_crop(transform, size, expected):
     out = transform(Image.new("RGB", (size[1], size[0])))
-    window = _WindowProbe(transform, tuple(out.shape[1:]))(size)
+    window = WindowProbe(transform, tuple(out.shape[1:]))(size)
     assert window.fitted
     ay, by, ax, bx = expected
     # well within a tenth of an input pixel at either end of the input
@@ -162,7 +162,7 @@ def test_window_probe_recovers_resize_and_crop(transform, size, expected):
 def test_window_probe_falls_back_to_stretching():
     """A preprocessing that is not an affine resampling (a gamma curve on the values) -> stretch."""
     transform = T.Compose([T.Resize((32, 32)), T.ToTensor(), T.Lambda(lambda t: t ** 3)])
-    window = _WindowProbe(transform, (32, 32))((48, 64))
+    window = WindowProbe(transform, (32, 32))((48, 64))
     assert not window.fitted and window.to_list() == [1.5, 0.0, 2.0, 0.0]
 
 
@@ -234,13 +234,12 @@ def test_bad_images_are_skipped_and_reported(saturation_spec, messy_dir):
                                        atol=0.05 * max(image.size) / 64)
 
 
-def test_iter_discover_keeps_images_and_indices(saturation_spec):
+def test_discover_visits_the_given_indices_in_order(saturation_spec):
     source = open_source("synthetic:scenes?n=5&size=64&seed=2")
-    pairs = list(iter_discover(saturation_spec, source, keep_images=True, indices=[4, 1],
-                               progress=False))
-    assert [r.index for r, _ in pairs] == [4, 1]
-    for r, image in pairs:
-        np.testing.assert_array_equal(image, np.asarray(source.decode(r.index).image))
+    res = discover(saturation_spec, source, indices=[4, 1], progress=False)
+    assert [r.index for r in res] == [4, 1]
+    for r in res:
+        assert r.id == source.ids[r.index] and r.size == (64, 64)
 
 
 def test_image_objects_json_roundtrip(saturation_spec):

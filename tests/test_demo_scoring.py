@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from zoolens.analyses.concept_scores import ground_truth_masks, score_heatmaps
+from zoolens.demo.scoring import ground_truth_masks, score_heatmaps
 from zoolens.sources.synthetic import render_scene
 
 

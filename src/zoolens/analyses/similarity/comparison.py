@@ -1,6 +1,6 @@
 """`compare()`: a layer x layer similarity matrix between two models (or a model and itself).
 
-Three estimators, each fed by one streaming pass of `zoolens.engine.run` over the images:
+Three estimators, each a sink fed by one streaming pass (`zoolens.plan.run`) over the images:
 
 - ``metric="cka", features="pooled"``: exact linear CKA (Kornblith et al. 2019) on mean-pooled
   features, from float64 running sums (`LayerCKA`). Memory is independent of the number of
@@ -26,20 +26,22 @@ import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
-from ..engine import Batch, run
-from ..errors import InputError
-from ..sources import ImageSource, open_source
-from ..taps import pooled_shape
-from ..zoo.model import Model
-from ..zoo.registry import load, resolve_device
-from .similarity import LayerCKA, LayerMinibatchCKA, mutual_knn_matrix
+from ... import plan
+from ...errors import InputError
+from ...sinks import Batch, Need, Sink
+from ...sources import open_source
+from ...taps import pooled_shape
+from ...zoo.model import Model
+from ...zoo.registry import load, resolve_device
+from .cka import LayerCKA, LayerMinibatchCKA
+from .mknn import mutual_knn_matrix
 
-__all__ = ["CompareResult", "compare", "plot_matrix", "METRICS", "FEATURES"]
+__all__ = ["CompareResult", "compare", "plot_matrix", "PooledCKASink", "FlatCKASink", "KNNSink",
+           "METRICS", "FEATURES"]
 
 METRICS = ("cka", "mknn")
 FEATURES = ("pooled", "flat")
@@ -105,11 +107,11 @@ class CompareResult:
 
 
 # ----------------------------------------------------------------------------------------------
-# sinks: one per estimator, each fed by the engine batch by batch
+# sinks: one per estimator, each fed batch by batch by the planner
 
 
 class _Sides:
-    """Reads, from an engine batch, the per-layer tensors of side A and side B."""
+    """Reads, from a batch, the per-layer tensors of side A and side B."""
 
     def __init__(self, name_a: str, layers_a: list[str], name_b: str, layers_b: list[str],
                  how: str):
@@ -117,11 +119,11 @@ class _Sides:
         self.name_b, self.layers_b = name_b, layers_b
         self.how = how
         self.labels = ([f"{name_a}/{n}" for n in layers_a], [f"{name_b}/{n}" for n in layers_b])
+        self.need = Need.of({name_a: layers_a}, how) | Need.of({name_b: layers_b}, how)
 
     def get(self, batch: Batch):
-        fa = [batch.features[self.name_a][n][self.how] for n in self.layers_a]
-        fb = [batch.features[self.name_b][n][self.how] for n in self.layers_b]
-        return fa, fb
+        return batch.maps(self.name_a, self.layers_a, self.how), \
+            batch.maps(self.name_b, self.layers_b, self.how)
 
 
 class _NamedLayerCKA(LayerCKA):
@@ -146,32 +148,42 @@ class _NamedLayerMinibatchCKA(LayerMinibatchCKA):
         return self._labels[side][i]
 
 
-class _PooledCKASink:
-    def __init__(self, sides: _Sides, dims_a, dims_b, device):
-        self.sides = sides
-        self.acc = _NamedLayerCKA(dims_a, dims_b, sides.labels, device=device)
+class PooledCKASink(Sink):
+    """Exact linear CKA of every layer pair from streaming float64 sums (`LayerCKA`)."""
+
+    def __init__(self, sides: _Sides, dims_a, dims_b, device=None):
+        self.sides, self.need = sides, sides.need
+        self.add_state("acc", _NamedLayerCKA(dims_a, dims_b, sides.labels, device=device),
+                       merge="merge")
+        self.add_state("images", 0, merge="sum")
 
     def update(self, batch: Batch) -> None:
         if batch.indices:
             self.acc.update(*self.sides.get(batch))
+            self.images += len(batch.indices)
 
-    def finish(self):
+    def result(self) -> tuple[np.ndarray, dict]:
         return self.acc.result(), {}
 
 
-class _FlatCKASink:
-    """Minibatches of >= `size` images for the unbiased estimator.
+class FlatCKASink(Sink):
+    """Minibatches of >= `size` images for the unbiased estimator (`LayerMinibatchCKA`).
 
     Rows are gathered until a minibatch is full; a batch thinned by bad files just waits for the
     next one. When fewer than 4 images are still to come, the current minibatch is held back and
     those last images join it, so a short tail is not lost."""
 
-    def __init__(self, sides: _Sides, size: int, total: int, device):
-        self.sides, self.size, self.remaining = sides, size, total
-        self.acc = _NamedLayerMinibatchCKA(sides.labels, device=device)
-        self.pending: list[tuple[list, list, list]] = []  # (feats_a, feats_b, ids) per batch
-        self.pending_n = 0
-        self.unused: list[str] = []
+    def __init__(self, sides: _Sides, size: int, total: int, device=None):
+        self.sides, self.need, self.size = sides, sides.need, size
+        self.add_state("acc", _NamedLayerMinibatchCKA(sides.labels, device=device), merge="merge")
+        self.add_state("remaining", total, merge=lambda a, b: a + b - total)
+        self.add_state("pending", [], merge="cat")  # (feats_a, feats_b, ids) per batch
+        self.add_state("unused", [], merge="cat")
+        self.add_state("images", 0, merge="sum")
+
+    @property
+    def pending_n(self) -> int:
+        return sum(len(ids) for _, _, ids in self.pending)
 
     def update(self, batch: Batch) -> None:
         self.remaining -= len(batch.indices) + len(batch.skipped)
@@ -179,7 +191,7 @@ class _FlatCKASink:
             fa, fb = self.sides.get(batch)
             self.pending.append(([f.flatten(1) for f in fa], [f.flatten(1) for f in fb],
                                  list(batch.ids)))
-            self.pending_n += len(batch.indices)
+            self.images += len(batch.indices)
         if self.pending_n >= self.size and (self.remaining == 0 or
                                             self.remaining >= _MIN_MINIBATCH):
             self._flush()
@@ -192,9 +204,9 @@ class _FlatCKASink:
         else:
             cat = lambda parts: [torch.cat(p) for p in zip(*parts)]  # noqa: E731
             self.acc.update(cat([p[0] for p in self.pending]), cat([p[1] for p in self.pending]))
-        self.pending, self.pending_n = [], 0
+        self.pending = []
 
-    def finish(self):
+    def result(self) -> tuple[np.ndarray, dict]:
         self._flush()
         if self.unused:
             warnings.warn(f"{len(self.unused)} image(s) at the end were too few to form a "
@@ -206,51 +218,42 @@ class _FlatCKASink:
         return self.acc.result(), {"minibatches": self.acc.n_batches_, "unused": self.unused}
 
 
-class _KNNSink:
-    """Keeps every image's pooled features (float32, CPU), by position in the run. A layer on
-    both sides (a model against itself) is stored once."""
+class KNNSink(Sink):
+    """Keeps every image's pooled features (float32, CPU) with its source index; a layer on both
+    sides (a model against itself) is kept once. Mutual k-NN needs every image's neighbours."""
 
-    def __init__(self, sides: _Sides, dims_a, dims_b, total: int):
-        self.sides = sides
-        self.position: dict[int, int] = {}
+    def __init__(self, sides: _Sides, k: int, device=None):
+        self.sides, self.need, self.k, self.device = sides, sides.need, k, device
         self.keys_a = [(sides.name_a, n) for n in sides.layers_a]
         self.keys_b = [(sides.name_b, n) for n in sides.layers_b]
-        self.feats: dict[tuple[str, str], np.ndarray] = {}
-        for key, d in zip(self.keys_a + self.keys_b, list(dims_a) + list(dims_b)):
-            if key not in self.feats:
-                self.feats[key] = np.empty((total, d), np.float32)
+        self.add_state("indices", [], merge="cat")
+        self.add_state("rows", {key: [] for key in dict.fromkeys(self.keys_a + self.keys_b)},
+                       merge=lambda a, b: {key: a[key] + b[key] for key in a})
+
+    @property
+    def images(self) -> int:
+        return len(self.indices)
 
     def update(self, batch: Batch) -> None:
         if not batch.indices:
             return
-        rows = [self.position.setdefault(i, len(self.position)) for i in batch.indices]
-        for (model, layer), store in self.feats.items():
-            store[rows] = batch.features[model][layer][self.sides.how].detach().cpu().numpy()
+        self.indices += batch.indices
+        for model, layer in self.rows:
+            self.rows[(model, layer)].append(
+                batch.features[model][layer][self.sides.how].detach().cpu().numpy())
 
-    def finish(self, k: int, device):
-        n = len(self.position)
-        _check_k(k, n, "usable images")
-        fa = [self.feats[key][:n] for key in self.keys_a]
-        fb = [self.feats[key][:n] for key in self.keys_b]
-        return mutual_knn_matrix(fa, fb, k=k, device=device), {}
+    def result(self) -> tuple[np.ndarray, dict]:
+        n = len(self.indices)
+        _check_k(self.k, n, "usable images")
+        order = np.argsort(self.indices, kind="stable")  # source order, however it was fed
+        feats = {key: np.concatenate(parts)[order] for key, parts in self.rows.items()}
+        return mutual_knn_matrix([feats[key] for key in self.keys_a],
+                                 [feats[key] for key in self.keys_b], k=self.k,
+                                 device=self.device), {}
 
 
 # ----------------------------------------------------------------------------------------------
 # helpers
-
-
-class _Shuffled(ImageSource):
-    """A source visited in another order: item i is item `order[i]` of `base`."""
-
-    def __init__(self, base: ImageSource, order: Sequence[int]):
-        self.base, self.order = base, [int(i) for i in order]
-        super().__init__(ids=[base.ids[i] for i in self.order],
-                         labels=None if base.labels is None else [base.labels[i] for i in self.order],
-                         skipped_at_listing=list(base.skipped_at_listing),
-                         description=base.description)
-
-    def decode(self, index: int):
-        return self.base.decode(self.order[index])
 
 
 def _check_k(k, n: int | None = None, what: str = "images") -> int:
@@ -279,8 +282,8 @@ def _models(model_a, model_b, pretrained: bool, device) -> tuple[Model, Model]:
     b = model_b if isinstance(model_b, Model) else load(model_b, pretrained=pretrained, device=device)
     if a.name == b.name:
         raise InputError(f"model_a and model_b are two different models both named {a.name!r}; "
-                         "pass the same Model to compare a model with itself, or load one with "
-                         "zoolens.load(spec, name=...) to tell them apart")
+                         "pass the same Model to compare a model with itself, or name them "
+                         "(NAME=SPEC, or zoolens.load(spec, name=...)) to tell them apart")
     return a, b
 
 
@@ -296,7 +299,8 @@ def _acc_device(device: torch.device) -> torch.device:
 def compare(model_a, model_b=None, images=None, *, layers_a="blocks", layers_b=None,
             metric: str = "cka", k: int = 10, features: str = "pooled", batch_size: int = 32,
             seed: int | None = 0, device=None, num_workers: int | None = None,
-            progress: bool = True, pretrained: bool = True) -> CompareResult:
+            progress: bool = True, pretrained: bool = True, store=None,
+            out: str | Path | None = None) -> CompareResult:
     """Layer x layer similarity between two models on the same images.
 
     Args:
@@ -315,6 +319,9 @@ def compare(model_a, model_b=None, images=None, *, layers_a="blocks", layers_b=N
             source's order. Pooled CKA and mknn do not depend on the order.
         device, num_workers, progress: as in `zoolens.engine.run`.
         pretrained: load pretrained weights for spec strings (False: random, offline).
+        store: a feature store (`zoolens extract`) read instead of running the models when it
+            holds these layers, mean-pooled (flat: as full maps), for these images.
+        out: a folder for `compare.json` and the heatmap `compare.png`.
 
     Returns:
         CompareResult with the (La, Lb) matrix in ``matrix``.
@@ -339,8 +346,6 @@ def compare(model_a, model_b=None, images=None, *, layers_a="blocks", layers_b=N
 
     source = open_source(images)
     n_total = len(source)
-    if n_total == 0:
-        raise InputError(f"images {source.description!r}: holds no images")
     if metric == "mknn":
         _check_k(k, n_total)
     a, b = _models(model_a, model_b, pretrained, device)
@@ -353,45 +358,45 @@ def compare(model_a, model_b=None, images=None, *, layers_a="blocks", layers_b=N
     # Raises, naming the layer, for token layers without a patch grid to flatten.
     dims_a = [math.prod(pooled_shape(info_a[n], how)) for n in names_a]
     dims_b = [math.prod(pooled_shape(info_b[n], how)) for n in names_b]
-
-    request: dict = {a.name: {n: {how} for n in names_a}}
-    request.setdefault(b.name, {}).update({n: {how} for n in names_b})
-    models = [a] if same else [a, b]
-    run_device = resolve_device(device) if device is not None else a.device
-    acc_device = _acc_device(run_device)
+    acc_device = _acc_device(resolve_device(device) if device is not None else a.device)
     sides = _Sides(a.name, names_a, b.name, names_b, how)
 
     settings = {"features": features, "pooling": "mean" if how == "mean" else "none (flattened)",
                 "k": int(k) if metric == "mknn" else None, "batch_size": int(batch_size),
-                "source": source.description, "pretrained": bool(pretrained), "same_model": same}
-    run_source = source
+                "source": source.description, "pretrained": bool(pretrained), "same_model": same,
+                "specs": {a.name: a.spec, b.name: b.spec}}
+    order = None
     if metric == "cka" and features == "pooled":
         settings["estimator"] = "linear_cka"
-        sink = _PooledCKASink(sides, dims_a, dims_b, acc_device)
+        sink: Sink = PooledCKASink(sides, dims_a, dims_b, acc_device)
     elif metric == "cka":
         settings.update(estimator="minibatch_unbiased_cka", seed=seed)
         if seed is not None:
-            run_source = _Shuffled(source, np.random.default_rng(seed).permutation(n_total))
-        sink = _FlatCKASink(sides, int(batch_size), n_total, acc_device)
+            order = np.random.default_rng(seed).permutation(n_total).tolist()
+        sink = FlatCKASink(sides, int(batch_size), n_total, acc_device)
     else:
         settings["estimator"] = "mutual_knn"
-        sink = _KNNSink(sides, dims_a, dims_b, n_total)
+        sink = KNNSink(sides, int(k), acc_device)
 
-    summary = run(models, run_source, request, [sink], batch_size=int(batch_size),
-                  num_workers=num_workers, device=device, progress=progress)
-    skipped = list(source.skipped_at_listing) + summary.skipped
-    if summary.images == 0:
+    summary = plan.run([a] if same else [a, b], source, [sink], indices=order, store=store,
+                       batch_size=int(batch_size), num_workers=num_workers, device=device,
+                       progress=progress, desc="comparing")
+    skipped = list(source.skipped_at_listing) + sorted(summary.skipped, key=lambda s: s["index"])
+    if sink.images == 0:
         raise InputError(f"images {source.description!r}: none of the {n_total} images could be "
                          f"used ({len(skipped)} skipped)")
-    if metric == "mknn":
-        matrix, extra = sink.finish(int(k), acc_device)
-    else:
-        matrix, extra = sink.finish()
+    matrix, extra = sink.result()
     settings.update(extra)
-    return CompareResult(metric=metric, model_a=a.name, model_b=b.name, layers_a=names_a,
-                         layers_b=names_b, matrix=np.asarray(matrix).tolist(),
-                         images=summary.images - len(extra.get("unused", [])), skipped=skipped,
-                         settings=settings)
+    result = CompareResult(metric=metric, model_a=a.name, model_b=b.name, layers_a=names_a,
+                           layers_b=names_b, matrix=np.asarray(matrix).tolist(),
+                           images=sink.images - len(extra.get("unused", [])), skipped=skipped,
+                           settings=settings)
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "compare.json").write_text(result.to_json(indent=1))
+        plot_matrix(result, out / "compare.png")
+    return result
 
 
 # ----------------------------------------------------------------------------------------------

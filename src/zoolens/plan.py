@@ -1,0 +1,235 @@
+"""Planning a pass: each sink declares what it needs (`Sink.need`); one function runs it.
+
+- `run(models, source, sinks, store=...)` merges the sinks' needs into one request and feeds
+  every sink from one pass: replayed from a feature store that already holds all of it (the same
+  models with the same weights, the same images), or else the engine — writing the store on the
+  way when `store` names a folder, so that the next analysis of these features reads them
+  instead of running the models again.
+- `extract(...)` makes sure a feature store holds some taps, resuming an unfinished one: what
+  `zoolens.extract` and the probes build on.
+
+An analysis is then: build its sinks, call `run`, read `sink.result()`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import operator
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+
+from .engine import RunSummary, progress_bar
+from .engine import run as run_engine
+from .errors import InputError
+from .sinks import Need, Sink
+from .sources import ImageSource
+from .store import Store, StoreWriter, default_chunk_size
+from .taps import POOLS, TapInfo
+from .zoo.model import Model
+
+__all__ = ["run", "extract", "store_config", "reusable_store"]
+
+log = logging.getLogger("zoolens")
+
+
+def store_config(models: Sequence[Model], source: ImageSource) -> dict:
+    """What a store records about how its rows were computed: each model's record (spec,
+    weights) and the images' fingerprint."""
+    return {"models": {m.name: m.record() for m in models}, "source": source.description,
+            "source_fingerprint": source.fingerprint()}
+
+
+def _same(a, b) -> bool:
+    return json.loads(json.dumps(a)) == json.loads(json.dumps(b))
+
+
+def reusable_store(path: str | Path | Store | None, models: Sequence[Model],
+                   source: ImageSource, need: Need) -> Store | None:
+    """The store at `path` when it holds everything `need` asks for, computed by these models
+    from these images; else None."""
+    if path is None:
+        return None
+    try:
+        store = path if isinstance(path, Store) else Store(path)
+    except (InputError, OSError, ValueError, KeyError):
+        return None
+    want = store_config([m for m in models if m.name in need.taps], source)
+    have = store.config.get("models", {})
+    if store.config.get("source_fingerprint") != want["source_fingerprint"]:
+        return None
+    if not all(_same(have.get(name), record) for name, record in want["models"].items()):
+        return None
+    return store if store.holds(need) else None
+
+
+def _storable(need: Need) -> dict[str, dict[str, list[str]]]:
+    """The part of a need a store can keep: poolings, not token sequences or images."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for model, by in need.taps.items():
+        for layer, hows in by.items():
+            kept = sorted(h for h in hows if h in POOLS)
+            if kept:
+                out.setdefault(model, {})[layer] = kept
+    return out
+
+
+def _infos(models: Sequence[Model], pools: dict[str, dict[str, list[str]]],
+           ) -> dict[str, dict[str, TapInfo]]:
+    by_name = {m.name: m for m in models}
+    out = {}
+    for model, by in pools.items():
+        m = by_name[model]
+        infos = {i.name: i for i in m.layers(list(by))}
+        out[model] = {layer: infos[layer] for layer in m.select(list(by))}
+    return out
+
+
+def run(models: Sequence[Model], source: ImageSource, sinks: Sequence[Sink], *,
+        store: str | Path | Store | None = None, indices: Iterable[int] | None = None,
+        checkpoint: str | Path | None = None, key: str = "", every: int = 256,
+        batch_size: int = 32, num_workers: int | None = None, device=None, amp: bool = False,
+        dtype: str = "float16", progress: bool = True, desc: str = "extracting") -> RunSummary:
+    """Feed `sinks` from one pass over `source` (or its `indices`, in that order).
+
+    store: a feature store folder. When it holds what the sinks need, computed by the same
+    models from the same images, it is read instead of running the models (the summary then
+    says `forwards == 0`). Otherwise the models run and, when the folder is new or holds an
+    unfinished extraction of the same taps, the store is written on the way.
+    checkpoint: a file the sinks' states are saved to after every `every` images, with the
+    images done; a rerun with the same `key` (a digest of the settings) loads them and goes on
+    where the last run stopped. Every sink can be checkpointed: its state is declared.
+    """
+    need = functools.reduce(operator.or_, [s.need for s in sinks], Need())
+    used = [m for m in models if m.name in need.taps]
+    order = list(range(len(source))) if indices is None else [int(i) for i in indices]
+    done: set[int] = set()
+    if checkpoint is not None:
+        done = _resume(Path(checkpoint), key, sinks)
+        order = [i for i in order if i not in done]
+    stored = reusable_store(store, used, source, need)
+    writer = None if stored is not None else _writer(store, used, source, need, batch_size, dtype)
+    total = RunSummary(device="store" if stored is not None else "")
+    step = every if checkpoint is not None else max(len(order), 1)
+    try:
+        for start in range(0, len(order), step):
+            part = order[start:start + step]
+            if stored is not None:
+                summary = _replay(stored, sinks, need, part, batch_size, progress, desc)
+            else:
+                summary = run_engine(used, source, need, list(sinks) + ([writer] if writer else []),
+                                     indices=part, batch_size=batch_size, num_workers=num_workers,
+                                     device=device, amp=amp, progress=progress, desc=desc)
+            _add(total, summary)
+            if checkpoint is not None:
+                done.update(part)
+                _save_checkpoint(Path(checkpoint), key, done, sinks)
+    finally:
+        if writer is not None:
+            writer.close()
+    return total
+
+
+def _add(total: RunSummary, part: RunSummary) -> None:
+    total.images += part.images
+    total.skipped += part.skipped
+    total.notes += part.notes
+    total.seconds += part.seconds
+    total.forwards += part.forwards
+    total.device = part.device
+
+
+def _writer(store, models, source, need: Need, batch_size: int, dtype: str):
+    """A writer filling the store folder on the way, or None when there is none to fill."""
+    pools = _storable(need)
+    if store is None or isinstance(store, Store) or not pools:
+        return None
+    try:
+        return StoreWriter(Path(store), _infos(models, pools), pools, ids=source.ids,
+                           labels=source.labels, dtype=dtype,
+                           chunk_size=default_chunk_size(len(source), batch_size),
+                           config=store_config(models, source),
+                           listing_skips=source.skipped_at_listing)
+    except InputError as exc:
+        log.warning("not writing the features to %s: %s", store, exc)
+        return None
+
+
+def _resume(path: Path, key: str, sinks: Sequence[Sink]) -> set[int]:
+    """Load the sinks' states from a checkpoint of the same settings; the images it had done."""
+    if not path.exists():
+        return set()
+    saved = torch.load(path, weights_only=False)
+    if saved.get("key") != key or len(saved.get("sinks", [])) != len(sinks):
+        log.info("%s was written with other settings; starting over", path)
+        return set()
+    for sink, state in zip(sinks, saved["sinks"]):
+        sink.load_state_dict(state)
+    log.info("resuming from %s: %d images done", path, len(saved["done"]))
+    return set(saved["done"])
+
+
+def _save_checkpoint(path: Path, key: str, done: set[int], sinks: Sequence[Sink]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"key": key, "done": sorted(done), "sinks": [s.state_dict() for s in sinks]}, tmp)
+    tmp.replace(path)
+
+
+def _replay(store: Store, sinks, need: Need, indices: list[int], batch_size: int,
+            progress: bool, desc: str) -> RunSummary:
+    log.info("reading the features from %s (no model runs)", store.path)
+    summary = RunSummary(device="store")
+    bar = progress_bar(len(indices), progress, f"{desc} (from the store)")
+    try:
+        for batch in store.batches(need, indices=indices, batch_size=batch_size):
+            for sink in sinks:
+                sink.update(batch)
+            summary.images += len(batch.indices)
+            summary.skipped += batch.skipped
+            bar.update(len(batch.indices) + len(batch.skipped))
+    finally:
+        bar.close()
+    return summary
+
+
+def extract(models: Sequence[Model], source: ImageSource, pools: dict[str, dict[str, list[str]]],
+            out: str | Path, *, batch_size: int = 32, chunk_size: int | None = None,
+            dtype: str = "float16", overwrite: bool = False, num_workers: int | None = None,
+            device=None, amp: bool = False, progress: bool = True) -> Store:
+    """Make the store at `out` hold, for each model and layer of `pools`, the poolings listed: a
+    finished store that holds them (maybe with more) is left as it is, a store of the same
+    settings is resumed (finished chunks are not redone), one of other settings is refused
+    unless `overwrite`."""
+    chunk_size = chunk_size or default_chunk_size(len(source), batch_size)
+    if chunk_size % batch_size:
+        raise InputError(f"chunk size {chunk_size} must be a multiple of the batch size "
+                         f"{batch_size}")
+    used = [m for m in models if m.name in pools]
+    need = Need({m: {layer: set(p) for layer, p in by.items()} for m, by in pools.items()})
+    held = None if overwrite else reusable_store(out, used, source, need)
+    if held is not None:  # a finished store already holds all of it (maybe more)
+        return held
+    writer = StoreWriter(out, _infos(used, pools), pools, ids=source.ids, labels=source.labels,
+                         dtype=dtype, chunk_size=chunk_size, config=store_config(used, source),
+                         listing_skips=source.skipped_at_listing, overwrite=overwrite)
+    for s in source.skipped_at_listing:
+        log.warning("skipped %s: %s", s["id"], s["reason"])
+    todo = writer.todo()
+    if 0 < len(todo) < len(source):
+        log.info("resuming %s: %d of %d images left", out, len(todo), len(source))
+    summary = None
+    try:
+        if todo:
+            summary = run_engine(models, source, writer.need, [writer], indices=todo,
+                                 batch_size=batch_size, chunk_size=chunk_size,
+                                 num_workers=num_workers, device=device, amp=amp,
+                                 progress=progress)
+    finally:
+        extra = {"last_run": {"images": summary.images, "seconds": round(summary.seconds, 3),
+                              "device": summary.device}} if summary else {}
+        writer.close(**extra)
+    return writer.result()
