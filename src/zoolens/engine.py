@@ -201,7 +201,7 @@ def _forward_batch(zoo: list[Model], source: ImageSource, items: list[_Item], ne
                          for it in good if it.note],
                   sizes=[it.size for it in good],
                   images=[it.image for it in good] if need.images else None)
-    if need.windows:
+    if need.windows and all(it.windows is not None for it in good):  # decoded, not drawn
         batch.windows = {m.name: [it.windows[k] for it in good] for k, m in enumerate(zoo)
                          if not m.is_generator}
     if not good:

@@ -1,8 +1,11 @@
 """The `zoolens` command: one module per command group, each only parsing, calling the library
-and printing."""
+and printing; analyses whose options are their function's parameters are one line each."""
 
-from ._app import app
+from ..analyses.layerstats import layerstats
+from ._app import app, command
 from . import compare, demo, discover, extract, probe, report, rosetta  # noqa: F401  (registers commands)
+
+command(layerstats)
 
 __all__ = ["app"]
 

@@ -5,14 +5,16 @@ way to call the library (`call`), and --json output."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import re
 import sys
 import time
+import typing
 import warnings
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated, Callable, List, Optional
 
 import typer
 from rich.console import Console
@@ -21,7 +23,7 @@ from rich.logging import RichHandler
 from .. import __version__
 from ..errors import ZoolensError
 
-__all__ = ["app", "console", "setup_logging", "fail", "emit_json", "call", "SPECS_HELP",
+__all__ = ["app", "console", "setup_logging", "fail", "emit_json", "call", "command", "SPECS_HELP",
            "Models", "Images", "Layers", "Out", "BatchSize", "Device", "Workers", "NoPretrained",
            "Seed", "Json", "Verbose", "Store", "parse_bytes"]
 
@@ -38,14 +40,25 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+_started = [0.0]
+
+
+def _elapsed(*_args, **_kwargs) -> None:
+    """After every command: how long it took (a long run's first question)."""
+    seconds = time.perf_counter() - _started[0]
+    if seconds >= 0.5:
+        console.print(f"[dim]took {_duration(seconds)}[/]")
+
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Look inside a zoo of pretrained vision models.")
+                  result_callback=_elapsed, help="Look inside a zoo of pretrained vision models.")
 
 
 @app.callback()
 def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                                 help="print the version and exit")] = False):
     """Look inside a zoo of pretrained vision models."""
+    _started[0] = time.perf_counter()
 
 
 def fail(exc: Exception | str) -> None:
@@ -110,7 +123,7 @@ Device = Annotated[Optional[str], typer.Option(callback=_device,
                                                help="cpu, cuda, cuda:1, mps (default: CUDA if "
                                                     "present)")]
 Workers = Annotated[Optional[int], typer.Option(
-    callback=_at_least("--workers", 0, "give 0 (decode in the main process) or more"),
+    "--workers", callback=_at_least("--workers", 0, "give 0 (decode in the main process) or more"),
     help="decoding workers (default: CPU count, max 8)")]
 NoPretrained = Annotated[bool, typer.Option("--no-pretrained", help="random weights (seeded)")]
 Seed = Annotated[int, typer.Option(help="seed of random weights and sampling")]
@@ -135,11 +148,10 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 @contextlib.contextmanager
-def call(*, verbose: bool = False, interrupted: str = "", done: bool = True):
+def call(*, verbose: bool = False, interrupted: str = ""):
     """Around one library call: logging set up, the user's errors as one line (exit 2), an
-    interruption as one line saying what is kept (exit 130), and the elapsed time at the end."""
+    interruption as one line saying what is kept (exit 130)."""
     setup_logging(verbose)
-    start = time.perf_counter()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
@@ -149,8 +161,6 @@ def call(*, verbose: bool = False, interrupted: str = "", done: bool = True):
     except KeyboardInterrupt:
         console.print("[yellow]interrupted:[/] " + (interrupted or "nothing was kept"))
         raise typer.Exit(130)
-    if done:
-        console.print(f"[dim]took {_duration(time.perf_counter() - start)}[/]")
 
 
 def _duration(seconds: float) -> str:
@@ -164,3 +174,65 @@ def emit_json(obj, as_json: bool) -> None:
     """With --json, the command's JSON summary goes to stdout (everything else to stderr)."""
     if as_json:
         sys.stdout.write(json.dumps(obj, indent=1) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# a command from a library function
+
+
+# The parameters every analysis names the same way, and their options.
+_COMMON = {"models": Models, "images": Images, "layers": Layers, "out": Out,
+           "batch_size": BatchSize, "device": Device, "num_workers": Workers, "store": Store,
+           "seed": Seed}
+_SIMPLE = (int, float, str, bool)
+
+
+def command(fn: Callable, name: str | None = None) -> Callable:
+    """Register `zoolens NAME` made from an analysis function's signature: the parameters above
+    get the common options (`models` -> --model/-m, `images` -> -i, `layers` -> -l, `out` ->
+    -o, `num_workers` -> --workers, `pretrained` -> --no-pretrained), every other keyword of a
+    simple type becomes `--kebab-case` with its default, and --json and --verbose are added.
+    The help is the docstring's first paragraph; the result's `summary()` is printed and its
+    `to_dict()` is the JSON. One line per analysis: ``command(layerstats)``."""
+    hints = typing.get_type_hints(fn)
+    params = []
+    for p in inspect.signature(fn).parameters.values():
+        if p.name == "progress":
+            continue
+        if p.name == "pretrained":
+            params.append(inspect.Parameter("no_pretrained", inspect.Parameter.KEYWORD_ONLY,
+                                            default=False, annotation=NoPretrained))
+            continue
+        required = p.default is inspect.Parameter.empty or p.name == "out"
+        if p.name in _COMMON:
+            annotation = _COMMON[p.name]
+        else:
+            hint = hints.get(p.name, str)
+            base = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+            if base[0] not in _SIMPLE:
+                continue  # arrays, models, dicts: the Python API only
+            annotation = Annotated[Optional[base[0]] if p.default is None else base[0],
+                                   typer.Option(f"--{p.name.replace('_', '-')}")]
+        params.append(inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY,
+                                        default=... if required else p.default,
+                                        annotation=annotation))
+    params += [inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, default=False,
+                                 annotation=Json),
+               inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, default=False,
+                                 annotation=Verbose)]
+
+    def run(**kw):
+        as_json, verbose = kw.pop("as_json"), kw.pop("verbose")
+        if "no_pretrained" in kw:
+            kw["pretrained"] = not kw.pop("no_pretrained")
+        with call(verbose=verbose):
+            result = fn(**kw)
+        console.print(f"[green]done:[/] {result.summary()}"
+                      + (f" -> {kw['out']}" if kw.get("out") else ""))
+        emit_json(result.to_dict(), as_json)
+
+    run.__signature__ = inspect.Signature(params)
+    run.__annotations__ = {p.name: p.annotation for p in params}
+    run.__doc__ = (fn.__doc__ or "").split("\n\n")[0]
+    run.__name__ = name or fn.__name__
+    return app.command(name or fn.__name__)(run)

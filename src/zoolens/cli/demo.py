@@ -20,7 +20,7 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="output folder")]
     the built-in demo zoo, scored against the scenes' ground truth -> OUT/report.html."""
     from ..demo.run import run_demo
 
-    with call(verbose=verbose, done=False):
+    with call(verbose=verbose):
         report = run_demo(out, images=images, device=device)
     summary = json.loads((Path(out) / "demo.json").read_text())
     for row in summary["concept_scores"]:

@@ -23,7 +23,7 @@ def models(pattern: Annotated[str, typer.Argument(help="glob over specs, e.g. 't
         console.print(f"Specs look like: {SPECS_HELP}")
         console.print("List models of a source with a pattern: zoolens models 'timm:resnet*'")
         return
-    with call(done=False):
+    with call():
         found = list_models(pattern)
     for spec in found:
         print(spec)
@@ -39,7 +39,7 @@ def layers(spec: Annotated[str, typer.Argument(help=SPECS_HELP)],
     """Every tappable layer of a model with its output shape (found by a dry run)."""
     from ..zoo.registry import load
 
-    with call(done=False):
+    with call():
         model = load(spec, pretrained=not no_pretrained, device="cpu")
         infos = model.layers(select)
     blocks = set(model.blocks)
