@@ -5,6 +5,7 @@ and hostile folders. The page is parsed back: sections, tables, every embedded i
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import re
@@ -21,8 +22,8 @@ from typer.testing import CliRunner
 import zoolens.cli.report  # noqa: F401  (registers `zoolens report` on the shared app)
 from zoolens.cli import app
 from zoolens.errors import InputError
-from zoolens.report import html as report_html
 from zoolens.report.html import EXPECTED, build_report, render_report
+from zoolens.report.sections import SECTIONS
 
 VIT = "timm:vit_tiny_patch16_224?img_size=32&patch_size=8&depth=2"
 SCENES = "synthetic:scenes?n=8&size=32&seed=0"
@@ -397,7 +398,7 @@ def test_wrong_types_and_a_failing_renderer(tmp_path, monkeypatch):
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "compare.json").write_text(json.dumps({"analysis": "compare",
                                                              "metric": "<cka>"}))
-    monkeypatch.setitem(report_html._RENDER, "compare", boom)
+    monkeypatch.setitem(SECTIONS, "compare", dataclasses.replace(SECTIONS["compare"], render=boom))
     page = render_report(tmp_path, expected=())
     _check_structure(page.html)
     assert any("c/compare.json is malformed and was shown only in part: KeyError" in n["text"]
@@ -454,6 +455,24 @@ def test_demo_record_names_and_ground_truth(tmp_path):
     gt = {r[0]: r[1] for t in parsed.tables for r in t if r and r[0].startswith("mean best")}
     assert gt == {"mean best iou": "0.5"}
     assert "best iou per image" not in page.html  # shown per image instead
+
+
+def test_recognised_by_analysis_key_then_by_name(tmp_path):
+    files = {"features/extract.json": {"analysis": "extract", "models": {"m": ["l1"]},
+                                       "images": 4, "extracted": 4, "complete": True},
+             "a/results.json": {"analysis": "compare", "metric": "cka"},  # any name
+             "b/rosetta.json": {"analysis": "compare", "metric": "cka"},  # the key wins
+             "c/probe.json": {"analysis": "probe-v9", "results": []}}  # no such section: name
+    for rel, data in files.items():
+        (tmp_path / rel).parent.mkdir()
+        (tmp_path / rel).write_text(json.dumps(data))
+    page = render_report(tmp_path, expected=())
+    assert [(f["analysis"], f["file"]) for f in page.found] == [
+        ("extract", "features/extract.json"), ("compare", "a/results.json"),
+        ("compare", "b/rosetta.json"), ("probe", "c/probe.json")]
+    assert any("says it holds a 'probe-v9' result; shown as probe" in n["text"]
+               for n in page.notes)
+    assert "Other results" not in page.html  # "analysis" is not shown as a result
 
 
 def test_sample_of_many_images(tmp_path):

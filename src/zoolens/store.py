@@ -145,6 +145,7 @@ class StoreWriter(Sink):
             self._open_files()
             return old
         self.out.mkdir(parents=True, exist_ok=True)
+        self._remove_old_arrays(path)
         for a in {a.path: a for a in self.arrays.values()}.values():
             a.path.parent.mkdir(parents=True, exist_ok=True)
             # preallocated (sparse) and zero: rows of skipped images stay zero
@@ -156,6 +157,23 @@ class StoreWriter(Sink):
         _write_json_atomic(path, manifest)
         self._open_files()
         return manifest
+
+    def _remove_old_arrays(self, manifest: Path) -> None:
+        """Starting over on a store folder: the arrays of the old extraction go (a later reader
+        must never take a stale file for this run's)."""
+        if not manifest.exists():
+            return
+        try:
+            old = json.loads(manifest.read_text())["config"]["layers"]
+        except (ValueError, KeyError, OSError):
+            return
+        keep = {a.path for a in self.arrays.values()}
+        for by_layer in old.values():
+            for entry in by_layer.values():
+                for sub in (entry.get("pools") or {"": entry}).values():
+                    stale = self.out / sub["file"]
+                    if stale not in keep and stale.is_file():
+                        stale.unlink()
 
     def _open_files(self):
         fds: dict[Path, int] = {}

@@ -248,6 +248,11 @@ def select_layers(infos: Iterable[TapInfo], selector: str | Iterable[str], *,
             names = []
         if m:
             a, b, c = (int(g) if g else None for g in m.groups()[1:])
+            bad = [v for v in (a, b) if v is not None and not -len(names) <= v <= len(names)]
+            if bad or (b is None and c is None and ":" not in part and a == len(names)):
+                raise UnknownLayerError(f"{part!r}: {model_name} has {len(names)} {base} "
+                                        f"(indices {-len(names)}..{len(names) - 1}); "
+                                        f"e.g. {base}[-{min(4, len(names))}:]")
             if b is None and c is None and ":" not in part:
                 names = names[a:a + 1 if a != -1 else None] if a is not None else names
             else:

@@ -7,9 +7,10 @@ from .registry import AdapterResult, register_source, unknown_model
 
 
 def _list() -> list[str]:
+    """Architectures and their pretrained tags: `resnet18` and `resnet18.a1_in1k` both match."""
     import timm
 
-    return timm.list_models(pretrained=True)
+    return sorted(set(timm.list_models()) | set(timm.list_models(pretrained=True)))
 
 
 @register_source("timm", lister=_list)
