@@ -45,9 +45,7 @@ _started = [0.0]
 
 def _elapsed(*_args, **_kwargs) -> None:
     """After every command: how long it took (a long run's first question)."""
-    seconds = time.perf_counter() - _started[0]
-    if seconds >= 0.5:
-        console.print(f"[dim]took {_duration(seconds)}[/]")
+    console.print(f"[dim]took {_duration(time.perf_counter() - _started[0])}[/]")
 
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,

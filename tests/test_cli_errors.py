@@ -1,0 +1,130 @@
+"""What a new user hits first: bad flags end in one line naming the flag (exit 2, nothing
+created), and the small things — --version, listing, wide names, warnings, timings — work."""
+
+from __future__ import annotations
+
+
+
+import pytest
+from typer.testing import CliRunner
+
+from zoolens.cli import app
+
+from conftest import synthetic
+
+runner = CliRunner()
+VIT = "timm:vit_tiny_patch16_224?img_size=32&patch_size=8&depth=2"
+
+
+def _one_error_line(res, *words):
+    assert res.exit_code == 2, res.output
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in res.output, res.output
+    for w in words:
+        assert w in errors[0], (w, errors[0])
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["-b", "0"], ["--batch-size 0"]),
+    (["--workers", "-1"], ["--workers -1"]),
+    (["--device", "tpu"], ["--device 'tpu'", "cpu, cuda"]),
+    (["--device", "cuda:0"], ["--device cuda:0", "no CUDA"]),
+    (["--chunk-size", "3", "-b", "2"], ["chunk size 3", "multiple of the batch size 2"]),
+])
+def test_extract_flags(tmp_path, flags, words):
+    if "cuda" in str(flags):
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+    out = tmp_path / "store"
+    res = runner.invoke(app, ["extract", "-m", VIT, "-i", synthetic(4, 32), "-o", str(out),
+                              "--no-pretrained", *flags])
+    _one_error_line(res, *words)
+    assert not out.exists()  # nothing created
+
+
+def test_out_is_a_file(tmp_path):
+    target = tmp_path / "taken.txt"
+    target.write_text("mine")
+    res = runner.invoke(app, ["extract", "-m", VIT, "-i", synthetic(4, 32), "-o", str(target),
+                              "--no-pretrained"])
+    _one_error_line(res, "--out", "is a file")
+    assert target.read_text() == "mine"
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--max-memory", "lots"], ["--max-memory 'lots'", "4GiB"]),
+    (["--resolution", "0"], ["--resolution 0"]),
+    (["--relaxed", "--k", "0"], ["--k 0"]),
+    (["--min-correlation", "2"], ["--min-correlation 2"]),
+])
+def test_rosetta_flags_are_checked_before_any_pass(tmp_path, flags, words):
+    out = tmp_path / "r"
+    res = runner.invoke(app, ["rosetta", "-m", VIT, "-m", VIT.replace("depth=2", "depth=3"),
+                              "-i", synthetic(4, 32), "-o", str(out), "--no-pretrained",
+                              *flags])
+    _one_error_line(res, *words)
+    assert not out.exists()
+
+
+def test_discover_and_visualize_name_their_flags(tmp_path):
+    base = ["-m", VIT, "-i", synthetic(2, 32), "-o", str(tmp_path / "d"), "--no-pretrained",
+            "--workers", "0"]
+    _one_error_line(runner.invoke(app, ["discover", *base, "--objects", "0"]), "--objects 0")
+    _one_error_line(runner.invoke(app, ["discover", *base, "--tau", "1.5"]), "--tau 1.5")
+    _one_error_line(runner.invoke(app, ["visualize", *base, "--kind", "saliency"]),
+                    "--kind 'saliency'", "pca, attention")
+    _one_error_line(runner.invoke(app, ["discover", *base, "--features", "values"]),
+                    "--features 'values'")
+
+
+def test_zeroshot_without_a_text_tower_is_an_error(tmp_path):
+    res = runner.invoke(app, ["probe", "-m", VIT, "--train", synthetic(8, 32), "--test",
+                              synthetic(4, 32), "-o", str(tmp_path), "--method", "zeroshot",
+                              "--no-pretrained", "--workers", "0"])
+    _one_error_line(res, "no text tower")
+
+
+def test_version_listing_and_elapsed_time(tmp_path):
+    from zoolens import __version__
+
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.output.strip() == f"zoolens {__version__}"
+    res = runner.invoke(app, ["models", "timm:resnet18"])
+    assert res.exit_code == 0 and "timm:resnet18\n" in res.output
+    res = runner.invoke(app, ["models", "timm:no_such_net*"])
+    assert res.exit_code == 0 and "no model matches" in res.output
+    res = runner.invoke(app, ["extract", "-m", VIT, "-i", synthetic(4, 32), "-o",
+                              str(tmp_path), "--no-pretrained", "--workers", "0"])
+    assert res.exit_code == 0 and "took " in res.output
+
+
+def test_layer_names_are_never_truncated_at_80_columns(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    res = runner.invoke(app, ["layers", VIT, "--no-pretrained"], env={"COLUMNS": "80"})
+    assert res.exit_code == 0
+    text = "".join(ch for ch in res.output if ch not in "│┃ \n")  # folded names, joined again
+    for name in ("blocks.1.attn.qkv", "blocks.0.mlp.fc2", "patch_embed.proj"):
+        assert name.replace(" ", "") in text, name
+    assert "…" not in res.output
+
+
+def test_warnings_are_log_lines_not_source_code(tmp_path, open_clip_tiny):
+    # open_clip's attention has no key module: discover warns that it cuts the tokens instead
+    res = runner.invoke(app, ["discover", "-m", f"open_clip:{open_clip_tiny}", "-i",
+                              synthetic(2, 32), "-o", str(tmp_path), "--no-pretrained",
+                              "--workers", "0"])
+    assert res.exit_code == 0, res.output
+    assert "cut its output tokens instead" in " ".join(res.output.split())
+    assert "warnings.warn(" not in res.output and ".py:" not in res.output
+
+
+def test_the_run_summary_adds_up(tmp_path, tiny_cnn_file, messy_dir):
+    res = runner.invoke(app, ["extract", "-m", f"file:{tiny_cnn_file}:tiny_cnn", "-i",
+                              str(messy_dir), "-o", str(tmp_path), "--no-pretrained",
+                              "--workers", "0"])
+    assert res.exit_code == 0
+    done = " ".join(ln for ln in res.output.splitlines() if "done:" in ln or "skipped (" in ln)
+    assert "5 of 10 files" in done and "5 skipped" in done, res.output
+
