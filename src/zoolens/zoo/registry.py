@@ -175,6 +175,12 @@ def as_models(models, *, pretrained: bool = True, device=None) -> list["Model"]:
 
     if isinstance(models, (str, Model)):
         models = [models]
+    if not isinstance(models, (list, tuple)):
+        models = [models]
+    for m in models:
+        if not isinstance(m, (str, Model)):
+            raise InputError(f"model: expected a spec string (e.g. 'timm:resnet50') or a "
+                             f"zoolens Model, got {type(m).__name__}")
     out = [m if isinstance(m, Model) else load(m, pretrained=pretrained, device=device)
            for m in models]
     if not out:

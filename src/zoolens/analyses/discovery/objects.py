@@ -35,12 +35,12 @@ from ...sinks import Batch, Need, Sink
 from ...sources import open_source
 from ...taps import TapInfo
 from ...zoo.model import Model
-from ...zoo.registry import load
+from ...zoo.registry import as_models
 from ...zoo.window import Window, to_image
 from .cuts import mask_bbox, maskcut
 
 __all__ = ["discover", "DiscoverySink", "PatchLayer", "ImageObjects", "patch_layer",
-           "default_layer", "FEATURES"]
+           "default_layer", "keys_fallback_note", "FEATURES"]
 
 log = logging.getLogger("zoolens")
 
@@ -115,7 +115,8 @@ def _checked(model, pl: PatchLayer, info: TapInfo) -> PatchLayer:
     return pl
 
 
-def _fallback_note(model, pl: PatchLayer, features: str) -> str | None:
+def keys_fallback_note(model, pl: PatchLayer, features: str) -> str | None:
+    """The note saying the block's tokens stand in for keys no module outputs, or None."""
     if features == "keys" and pl.feature == "tokens":
         return (f"{model.spec}: no module outputs the keys of the attention in {pl.layer!r} "
                 "(e.g. nn.MultiheadAttention); cut its output tokens instead")
@@ -302,7 +303,7 @@ def discover(model, images, *, layer: str | None = None, features: str = "keys",
     overlay per image (`overlays/`) and `out/discover.json`, which is written even when the run
     is interrupted and lists what was done.
     """
-    model = _as_model(model, device, pretrained)
+    model = as_models(model, pretrained=pretrained, device=device)[0]
     source = open_source(images)
     if int(objects) < 1:
         raise InputError(f"--objects {objects}: find at least 1 object per image")
@@ -312,7 +313,7 @@ def discover(model, images, *, layer: str | None = None, features: str = "keys",
         raise InputError(f"--eps {eps}: must be > 0 (it keeps the graph connected)")
     pl = patch_layer(model, layer, features=features)
     info = model.layer(pl.layer)
-    note = _fallback_note(model, pl, features)
+    note = keys_fallback_note(model, pl, features)
     if note:
         warnings.warn(note, stacklevel=2)
     settings = {"grid": tuple(info.grid), "input_size": tuple(model.input_size),
@@ -342,15 +343,6 @@ def discover(model, images, *, layer: str | None = None, features: str = "keys",
             (out / "discover.json").write_text(json.dumps(summary, indent=1))
     visited = {int(i): k for k, i in enumerate(indices)} if indices is not None else {}
     return sorted(sink.result(), key=lambda r: visited.get(r.index, r.index))
-
-
-def _as_model(model, device, pretrained: bool = True) -> Model:
-    if isinstance(model, str):
-        return load(model, pretrained=pretrained, device=device)
-    if not isinstance(model, Model):
-        raise InputError(f"model: expected a zoolens Model or a spec string, got "
-                         f"{type(model).__name__}")
-    return model
 
 
 # --------------------------------------------------------------------------------------------------

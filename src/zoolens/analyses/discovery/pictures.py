@@ -30,8 +30,9 @@ from ...errors import InputError
 from ...report.figures import file_stem, save_png
 from ...sinks import Batch, Need, Sink
 from ...sources import ImageSource, open_source
+from ...zoo.registry import as_models
 from ...zoo.window import Window, to_image
-from .objects import _as_model, _fallback_note, default_layer, patch_layer
+from .objects import default_layer, keys_fallback_note, patch_layer
 from .cuts import pca_rgb
 
 __all__ = ["KINDS", "Visualization", "visualize", "PCASink", "AttentionSink"]
@@ -186,7 +187,7 @@ def visualize(model, images, *, kind: str = "pca", layer: str | None = None,
     """
     if kind not in KINDS:
         raise InputError(f"--kind {kind!r}: use one of {', '.join(KINDS)}")
-    model = _as_model(model, device, pretrained)
+    model = as_models(model, pretrained=pretrained, device=device)[0]
     source = open_source(images)
     keep = out is not None and source.drawn_by is not None  # drawn images cannot be decoded again
     notes: list[str] = []
@@ -194,7 +195,7 @@ def visualize(model, images, *, kind: str = "pca", layer: str | None = None,
         pl = patch_layer(model, layer, features=features)
         info = model.layer(pl.layer)
         name, feature, heads = pl.layer, pl.feature, None
-        note = _fallback_note(model, pl, features)
+        note = keys_fallback_note(model, pl, features)
         if note:
             warnings.warn(note, stacklevel=2)
             notes.append(note)
