@@ -8,12 +8,12 @@ from pathlib import Path
 
 from ..errors import InputError
 from .base import BadImage, Decoded, ImageSource
-from .files import FileSource, csv_source, folder_source, paths_source
+from .files import FileSource, csv_source, file_content_hash, folder_source, paths_source
 from .memory import TensorSource
 from .synthetic import SyntheticScenes
 
 __all__ = ["open_source", "ImageSource", "BadImage", "Decoded", "FileSource", "TensorSource",
-           "SyntheticScenes", "folder_source", "csv_source", "paths_source"]
+           "SyntheticScenes", "folder_source", "csv_source", "paths_source", "file_content_hash"]
 
 _SYNTHETIC = {"scenes": SyntheticScenes}
 

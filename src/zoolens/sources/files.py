@@ -4,6 +4,7 @@ paths, or a CSV of `path,label`."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import stat
 from collections import deque
@@ -14,7 +15,7 @@ from ..errors import InputError
 from .base import ImageSource
 from .decode import IMAGE_EXTENSIONS, decode_file
 
-__all__ = ["FileSource", "folder_source", "csv_source", "paths_source"]
+__all__ = ["FileSource", "folder_source", "csv_source", "paths_source", "file_content_hash"]
 
 
 class FileSource(ImageSource):
@@ -37,6 +38,35 @@ class FileSource(ImageSource):
 
     def decode(self, index: int):
         return decode_file(self.paths[index])
+
+    def item_fingerprint(self, index: int) -> str:
+        """`"stat:<size>:<mtime_ns>"` of the file (following links), `"missing"` if it is
+        gone: one stat, no reading. A replaced file almost always changes one of the two;
+        inode and ctime are left out on purpose, since copying a dataset elsewhere
+        (`cp -p`, `rsync -a`) keeps size and mtime but changes both. For certainty at the
+        cost of reading every byte, use `file_content_hash`."""
+        return _stat_fingerprint(self.paths[index])
+
+    def item_fingerprints(self) -> list[str]:
+        return [_stat_fingerprint(p) for p in self.paths]
+
+
+def _stat_fingerprint(path: Path) -> str:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"stat:{st.st_size}:{st.st_mtime_ns}"
+
+
+def file_content_hash(path: str | Path, *, chunk_size: int = 1 << 20) -> str:
+    """`"sha256:<hex>"` of a file's bytes, read in chunks (for a store that must be sure an
+    image is unchanged, or to confirm a stat fingerprint that changed)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk_size):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
 
 
 def _natural_key(path: Path):
