@@ -198,8 +198,8 @@ def weights_unavailable(spec: str, *, cache: str, what: str = "pretrained weight
     if random_ok:
         ways.append("use --no-pretrained (load(spec, pretrained=False)) for random weights")
     option = "&" if "?" in spec else "?"  # appended, never sliced: parse_spec reads it back
-    ways.append(local or f"load a local file: --model '{spec}{option}weights=PATH' "
-                         "(load(spec, weights=PATH))")
+    ways.append(local or f"load a local file: '{spec}{option}weights=PATH' "
+                         "(or load(spec, weights=PATH))")
     ways.append("or download them once while online")
     message = (f"{spec}: the {what} could not be downloaded" + (f": {reason}" if reason else "") +
                f"; they are not in the cache at {cache}. To go on, " + "; ".join(ways) + ".")
