@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["ZoolensError", "UnknownModelError", "UnknownLayerError", "InputError", "NotFittedError"]
+__all__ = ["ZoolensError", "UnknownModelError", "UnknownLayerError", "InputError", "NotFittedError",
+           "WeightsUnavailableError", "UserCodeError"]
 
 
 class ZoolensError(Exception):
@@ -29,3 +30,22 @@ class InputError(ZoolensError, ValueError):
 
 class NotFittedError(ZoolensError, RuntimeError):
     """An estimator was used before `fit`."""
+
+
+class WeightsUnavailableError(ZoolensError):
+    """A model's files (pretrained weights, or the config a Hub model is built from) could not
+    be downloaded and are not in the library's cache: offline, a firewall, a Hub outage.
+
+    Not an `UnknownModelError`: the model exists and the name is right, so "did you mean"
+    advice would mislead; what helps is random weights, a local file, or filling the cache."""
+
+
+class UserCodeError(InputError):
+    """A user's own code (a `file:` zoo module or its factory) failed: a syntax error, or an
+    exception raised inside it. The message shows the user's file, line and message only.
+
+    `filename` and `lineno` name the innermost line of the user's file involved."""
+
+    def __init__(self, message: str, filename: str | None = None, lineno: int | None = None):
+        super().__init__(message)
+        self.filename, self.lineno = filename, lineno

@@ -8,27 +8,40 @@ from pathlib import Path
 
 from ..errors import InputError
 from .base import BadImage, Decoded, ImageSource
-from .files import FileSource, csv_source, folder_source, paths_source
+from .files import FileSource, csv_source, file_content_hash, folder_source, paths_source
 from .memory import TensorSource
 from .synthetic import SyntheticScenes
 
 __all__ = ["open_source", "ImageSource", "BadImage", "Decoded", "FileSource", "TensorSource",
-           "SyntheticScenes", "folder_source", "csv_source", "paths_source"]
+           "SyntheticScenes", "folder_source", "csv_source", "paths_source", "file_content_hash"]
 
 _SYNTHETIC = {"scenes": SyntheticScenes}
 
 
 def _synthetic(text: str) -> ImageSource:
+    import inspect
+
+    from ..errors import UnknownModelError
     from ..zoo.registry import parse_spec
 
-    _, kind, options = parse_spec(text)
+    try:
+        _, kind, options = parse_spec(text)
+    except UnknownModelError as exc:  # the same grammar as model specs, but an image source
+        raise InputError(str(exc).replace("model spec", "image source")) from None
     if kind not in _SYNTHETIC:
         raise InputError(f"unknown synthetic source {kind!r}; have {', '.join(_SYNTHETIC)} "
                          "(e.g. synthetic:scenes?n=64&size=64&seed=0)")
-    try:
-        return _SYNTHETIC[kind](**options)
-    except TypeError as exc:
-        raise InputError(f"{text}: {exc}") from None
+    cls = _SYNTHETIC[kind]
+    params = [p for p in inspect.signature(cls).parameters.values()]
+    known = {p.name: p.default for p in params}
+    for key, value in options.items():  # validated here, at the edge, naming the option
+        if key not in known:
+            raise InputError(f"{text}: unknown option {key!r}; synthetic:{kind} takes " +
+                             ", ".join(f"{k} (default {d})" for k, d in known.items()))
+        if isinstance(known[key], int) and (isinstance(value, bool) or not isinstance(value, int)):
+            raise InputError(f"{text}: option {key}={value!r} must be an integer, e.g. "
+                             f"{key}={known[key]}")
+    return cls(**options)
 
 
 def open_source(images, labels=None) -> ImageSource:

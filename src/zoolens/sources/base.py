@@ -8,9 +8,19 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-__all__ = ["ImageSource", "BadImage", "Decoded", "MIN_SIDE"]
+__all__ = ["ImageSource", "BadImage", "Decoded", "MIN_SIDE", "pixels_hash"]
 
 MIN_SIDE = 8  # smaller images carry no usable content for 224-px models: reported, not used
+
+
+def pixels_hash(image: Image.Image) -> str:
+    """A hash of a PIL image's mode, size and pixel bytes (16 hex digits)."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=8)
+    h.update(f"{image.mode}:{image.size[0]}x{image.size[1]}:".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()
 
 
 class BadImage(Exception):
@@ -45,6 +55,25 @@ class ImageSource:
     @property
     def classes(self) -> list | None:
         return sorted(set(self.labels)) if self.labels is not None else None
+
+    def item_fingerprint(self, index: int) -> str:
+        """What item `index` is, as a short string that changes when its content changes.
+
+        Subclasses give a cheap one (a file's size and mtime; the seed of a synthetic
+        scene); this fallback decodes the item and hashes its pixels: exact, but a full decode.
+        An item that cannot be decoded gets "bad:" and a hash of the reason."""
+        import hashlib
+
+        try:
+            image = self.decode(index).image
+        except BadImage as exc:
+            return "bad:" + hashlib.blake2b(str(exc).encode(), digest_size=8).hexdigest()
+        return "pixels:" + pixels_hash(image)
+
+    def item_fingerprints(self) -> list[str]:
+        """`item_fingerprint(i)` for every item, in source order. A store records these per
+        row and recomputes a row whose fingerprint changed."""
+        return [self.item_fingerprint(i) for i in range(len(self))]
 
     def fingerprint(self) -> str:
         """Identifies the listing, so a store can tell whether it holds this source."""

@@ -49,6 +49,32 @@ class GeneratedImages(ImageSource):
     def generator(self):
         return self.drawn_by
 
+    def item_fingerprint(self, index: int) -> str:
+        """What defines sample `index`: the generator (spec and weights fingerprint), its
+        output range, and the latent (its seed and index, or the given latent's bytes)."""
+        return self._fingerprint_item(self._generator_hash(), index)
+
+    def item_fingerprints(self) -> list[str]:
+        base = self._generator_hash()  # hashing the weights once, not once per sample
+        return [self._fingerprint_item(base, i) for i in range(len(self))]
+
+    def _generator_hash(self):
+        import hashlib
+
+        h = hashlib.blake2b(digest_size=8)
+        fingerprint = getattr(self.generator, "weights_fingerprint", None)
+        h.update(f"{self.generator.spec}|{fingerprint() if fingerprint else ''}|"
+                 f"{self.generator.adapter.output_range}|".encode())
+        return h
+
+    def _fingerprint_item(self, base, index: int) -> str:
+        h = base.copy()
+        if self.given is not None:
+            h.update(self.given[index].numpy().tobytes())
+        else:
+            h.update(f"seed={self.seed}#{index}".encode())
+        return "gen:" + h.hexdigest()
+
     def latents(self, indices) -> torch.Tensor:
         if self.given is not None:
             return self.given[list(indices)]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import torch
 from PIL import Image
 
 from ..errors import InputError
-from .base import Decoded, ImageSource
+from .base import Decoded, ImageSource, pixels_hash
 from .decode import to_rgb
 
 __all__ = ["TensorSource"]
@@ -33,6 +35,17 @@ class TensorSource(ImageSource):
         ids = ids or [f"image_{i:06d}" for i in range(len(self._images))]
         super().__init__(ids=list(ids), labels=None if labels is None else list(labels),
                          description=f"memory:{len(self._images)}")
+
+    def item_fingerprint(self, index: int) -> str:
+        """`"pixels:<hash>"` of the item as held: the array's shape and bytes, or a PIL
+        image's mode, size and bytes (no conversion, so this is cheap)."""
+        img = self._images[index]
+        if isinstance(img, np.ndarray):
+            h = hashlib.blake2b(digest_size=8)
+            h.update(f"{img.dtype}:{img.shape}:".encode())
+            h.update(np.ascontiguousarray(img).tobytes())
+            return "pixels:" + h.hexdigest()
+        return "pixels:" + pixels_hash(img)
 
     def decode(self, index: int) -> Decoded:
         img = self._images[index]

@@ -8,6 +8,7 @@ shape) — serves tests, the demo, and scoring mined concepts against known ones
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,8 @@ from PIL import Image
 from ..errors import InputError
 from .base import Decoded, ImageSource
 
-__all__ = ["SHAPES", "COLORS", "BACKGROUNDS", "Scene", "render_scene", "SyntheticScenes"]
+__all__ = ["SHAPES", "COLORS", "BACKGROUNDS", "RENDER_VERSION", "Scene", "render_scene",
+           "SyntheticScenes"]
 
 SHAPES = ("circle", "square", "triangle", "cross")
 COLORS = {  # saturated, so objects stand out of the muted backgrounds
@@ -24,6 +26,7 @@ COLORS = {  # saturated, so objects stand out of the muted backgrounds
     "yellow": (235, 215, 40), "magenta": (210, 50, 200), "cyan": (40, 210, 220),
 }
 BACKGROUNDS = ("noise", "stripes", "checker", "gradient")
+RENDER_VERSION = 1  # bump when render_scene draws other pixels for the same arguments
 
 
 @dataclass
@@ -124,6 +127,13 @@ class SyntheticScenes(ImageSource):
         labels = [render_scene(i, size, seed, objects).label for i in range(n)]
         super().__init__(ids=[f"scene_{seed}_{i:06d}" for i in range(n)], labels=labels,
                          description=f"synthetic:scenes?n={n}&size={size}&seed={seed}&objects={objects}")
+
+    def item_fingerprint(self, index: int) -> str:
+        """What defines scene `index`: the renderer's version, size, seed, objects and the
+        index (not `n`: scene i is the same in a longer stream)."""
+        what = (f"scenes:v{RENDER_VERSION}?size={self.size}&seed={self.seed}"
+                f"&objects={self.objects}#{index}")
+        return "scene:" + hashlib.blake2b(what.encode(), digest_size=8).hexdigest()
 
     def scene(self, index: int) -> Scene:
         return render_scene(index, self.size, self.seed, self.objects)

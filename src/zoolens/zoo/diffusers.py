@@ -12,7 +12,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+import contextlib
+from pathlib import Path
+
 from ..errors import UnknownModelError
+from ._fetch import download_reason, hf_cache_dir, hub_access, is_download_failure, weights_unavailable
 from ._preprocess import default_transform, output_size
 from .registry import AdapterResult, register_source
 
@@ -46,18 +50,25 @@ def diffusers_source(name: str, *, pretrained: bool = True, weights: str | None 
                      t: int = 100, seed: int = 0, **kwargs) -> AdapterResult:
     from diffusers import DDPMScheduler, UNet2DModel
 
-    try:
-        if pretrained or weights:
-            unet = _with_subfolder(UNet2DModel.from_pretrained, weights or name, "unet")
-        else:
-            unet = UNet2DModel.from_config(_with_subfolder(UNet2DModel.load_config, name, "unet"))
-    except (OSError, ValueError) as exc:
-        raise UnknownModelError(f"diffusers:{name}: no UNet2DModel found ({exc}); give a Hub repo "
-                                "id like google/ddpm-cifar10-32 or a local folder") from exc
-    try:
-        scheduler = _with_subfolder(DDPMScheduler.from_pretrained, name, "scheduler")
-    except (OSError, ValueError):
-        scheduler = DDPMScheduler(num_train_timesteps=1000)
+    local = Path(name).expanduser().is_dir()
+    with (contextlib.nullcontext() if local else hub_access()):
+        try:
+            if pretrained or weights:
+                unet = _with_subfolder(UNet2DModel.from_pretrained, weights or name, "unet")
+            else:
+                unet = UNet2DModel.from_config(_with_subfolder(UNet2DModel.load_config, name, "unet"))
+        except (OSError, ValueError) as exc:
+            if is_download_failure(exc):
+                raise weights_unavailable(
+                    f"diffusers:{name}", cache=hf_cache_dir(), reason=download_reason(exc),
+                    what="model files (the UNet's config and weights)", random_ok=False,
+                    local="give a local pipeline folder: diffusers:/path/to/folder") from None
+            raise UnknownModelError(f"diffusers:{name}: no UNet2DModel found ({exc}); give a Hub "
+                                    "repo id like google/ddpm-cifar10-32 or a local folder") from exc
+        try:
+            scheduler = _with_subfolder(DDPMScheduler.from_pretrained, name, "scheduler")
+        except (OSError, ValueError):
+            scheduler = DDPMScheduler(num_train_timesteps=1000)
     if not 0 <= t < scheduler.config.num_train_timesteps:
         raise UnknownModelError(f"diffusers:{name}: timestep t={t} outside "
                                 f"0..{scheduler.config.num_train_timesteps - 1}")

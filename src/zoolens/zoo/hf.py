@@ -3,8 +3,12 @@ without registers, MAE, BEiT, the vision tower of CLIP/SigLIP), with their image
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
+
 import torch
 
+from ._fetch import download_reason, hf_cache_dir, hub_access, is_download_failure, weights_unavailable
 from ._preprocess import default_transform, output_size
 from .registry import AdapterResult, register_source
 
@@ -39,22 +43,30 @@ def hf_source(name: str, *, pretrained: bool = True, weights: str | None = None,
 
     from ..errors import UnknownModelError
 
-    try:
-        config = AutoConfig.from_pretrained(name, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise UnknownModelError(f"hf:{name}: no transformers config found ({exc}); give a Hub "
-                                "repo id like facebook/dinov2-small or a local folder") from exc
-    if config.model_type == "vit_mae":
-        config.mask_ratio = 0.0  # MAE masks 75% of patches at random by default: see them all
-    if pretrained or weights:
-        model = AutoModel.from_pretrained(weights or name, config=config)
-    else:
-        model = AutoModel.from_config(config)
-    try:
-        preprocess = _HFPreprocess(AutoImageProcessor.from_pretrained(name))
-    except (OSError, ValueError):  # a bare config (tests, custom models): ImageNet defaults
-        vision = getattr(config, "vision_config", config)
-        preprocess = default_transform(getattr(vision, "image_size", 224))
+    # Even random weights need the config, which a repo id fetches from the Hub.
+    with (contextlib.nullcontext() if Path(name).expanduser().is_dir() else hub_access()):
+        try:
+            config = AutoConfig.from_pretrained(name, **kwargs)
+        except (OSError, ValueError) as exc:
+            if is_download_failure(exc):
+                raise weights_unavailable(
+                    f"hf:{name}", cache=hf_cache_dir(), what="model files (config.json, weights)",
+                    reason=download_reason(exc), random_ok=False,
+                    local="give a local folder saved with save_pretrained: hf:/path/to/folder"
+                ) from None
+            raise UnknownModelError(f"hf:{name}: no transformers config found ({exc}); give a "
+                                    "Hub repo id like facebook/dinov2-small or a local folder") from exc
+        if config.model_type == "vit_mae":
+            config.mask_ratio = 0.0  # MAE masks 75% of patches at random by default: see them all
+        if pretrained or weights:
+            model = AutoModel.from_pretrained(weights or name, config=config)
+        else:
+            model = AutoModel.from_config(config)
+        try:
+            preprocess = _HFPreprocess(AutoImageProcessor.from_pretrained(name))
+        except (OSError, ValueError):  # a bare config (tests, custom models): ImageNet defaults
+            vision = getattr(config, "vision_config", config)
+            preprocess = default_transform(getattr(vision, "image_size", 224))
     vision = getattr(config, "vision_config", config)
     size = output_size(preprocess)
     patch = getattr(vision, "patch_size", None)

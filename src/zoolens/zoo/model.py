@@ -22,24 +22,31 @@ class Model:
 
     Attributes: `spec`, `name` (used in unit ids `<name>/<layer>:<channel>`), `module`
     (the wrapped torch module; layer names are its module paths), `preprocess`
-    (PIL RGB image -> (3, H, W) tensor), `input_size`, `device`.
+    (PIL RGB image -> (3, H, W) tensor), `input_size`, `device`, `seed` (the seed random
+    weights were drawn from). `weights_fingerprint()` identifies the weights themselves.
     """
 
     def __init__(self, spec: str, adapter: AdapterResult, device: torch.device,
-                 name: str | None = None):
+                 name: str | None = None, seed: int | None = None):
         self.spec = spec
         self.name = name or spec
         self.adapter = adapter
         self.device = device
+        self.seed = seed
         self.module = adapter.module.to(device).eval()
         self.preprocess = adapter.preprocess
         self.input_size = tuple(adapter.input_size)
         self.pretrained = True  # set by `zoolens.load`
+        self._fingerprint: tuple[tuple, str] | None = None  # (tensor versions, digest)
 
     def record(self) -> dict:
-        """What a result or a store was computed from, so a rerun can tell it is the same model."""
+        """What a result or a store was computed from, so a rerun can tell it is the same model:
+        its spec, whether the weights are pretrained, their file, the seed of random ones, and
+        a fingerprint of the weights themselves."""
         return {"spec": self.spec, "pretrained": self.pretrained,
-                "weights": self.adapter.meta.get("weights"), "input_size": list(self.input_size)}
+                "weights": self.adapter.meta.get("weights"), "seed": self.seed,
+                "weights_fingerprint": self.weights_fingerprint(),
+                "input_size": list(self.input_size)}
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -52,6 +59,21 @@ class Model:
 
     def __repr__(self) -> str:
         return f"Model({self.spec!r}, input_size={self.input_size}, device={self.device})"
+
+    def weights_fingerprint(self) -> str:
+        """A stable hash of every parameter and buffer: names, shapes, dtypes and bytes.
+
+        Two models have the same fingerprint exactly when their tensors are bit for bit the
+        same, whatever the device (bytes are read on the CPU) and whatever the load path. It
+        is computed once and cached; the cache is keyed on each tensor's storage and version
+        counter, so an in-place change of the weights (`load_state_dict`, `p.add_(...)`)
+        gives a new fingerprint. (Writes through `.data` bypass the version counter.)
+        Returns `"sha256:<64 hex digits>"`."""
+        tensors = _named_tensors(self.module)
+        versions = tuple((n, t.data_ptr(), t._version, t.device.type) for n, t in tensors)
+        if self._fingerprint is None or self._fingerprint[0] != versions:
+            self._fingerprint = (versions, _hash_tensors(tensors))
+        return self._fingerprint[1]
 
     def forward(self, x: torch.Tensor):
         """Run the wrapped module on a preprocessed batch (B, 3, H, W)."""
@@ -134,3 +156,23 @@ def resolve_layers(models, layers) -> dict[str, list[str]]:
             raise InputError(f"no layers given for {m.name}; have keys {list(layers)}")
         result[m.name] = m.select(sel)
     return result
+
+
+def _named_tensors(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Every parameter and buffer (persistent or not) by name, sorted; a tied tensor once."""
+    named = dict(module.named_parameters())
+    named.update(module.named_buffers())
+    return sorted(named.items())
+
+
+def _hash_tensors(tensors: list[tuple[str, torch.Tensor]]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in tensors:
+        t = t.detach()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        # raw bytes through a uint8 view: every dtype (bfloat16 too, which NumPy lacks)
+        data = t.to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+        h.update(memoryview(data))
+    return "sha256:" + h.hexdigest()

@@ -6,6 +6,7 @@ text tower; the forward pass runs `encode_image`."""
 from __future__ import annotations
 
 from ..errors import UnknownModelError
+from ._fetch import hub_access
 from ._preprocess import output_size
 from .registry import AdapterResult, register_source, unknown_model
 
@@ -34,7 +35,13 @@ def open_clip_source(name: str, *, pretrained: bool = True, weights: str | None 
                                 f"open_clip:{arch}/{tags[0] if tags else 'TAG'}; have {', '.join(tags) or 'none'}"
                                 " (or load it with pretrained=False / --no-pretrained)")
     source = weights or (tag if pretrained else None)  # open_clip takes a tag or a local file
-    model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=source, **kwargs)
+    if source and not weights:  # a pretrained tag: fetched from the Hub (a few from URLs)
+        with hub_access():
+            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=source,
+                                                                         **kwargs)
+    else:
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=source,
+                                                                     **kwargs)
     visual = model.visual
     grid = getattr(visual, "grid_size", None)
     transformer = getattr(visual, "transformer", None)

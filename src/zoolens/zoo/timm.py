@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._fetch import hf_cache_dir, hub_access
 from ._preprocess import output_size
 from .registry import AdapterResult, register_source, unknown_model
 
@@ -13,7 +14,17 @@ def _list() -> list[str]:
     return sorted(set(timm.list_models()) | set(timm.list_models(pretrained=True)))
 
 
-@register_source("timm", lister=_list)
+def _cache(name: str) -> str:
+    """timm fetches weights from the Hugging Face Hub; a few older ones from a URL (torch hub)."""
+    import os
+
+    import torch
+
+    return (f"{hf_cache_dir()} (or, for weights timm fetches by URL, "
+            f"{os.path.join(torch.hub.get_dir(), 'checkpoints')})")
+
+
+@register_source("timm", lister=_list, cache=_cache)
 def timm_source(name: str, *, pretrained: bool = True, weights: str | None = None,
                 **kwargs) -> AdapterResult:
     import timm
@@ -24,7 +35,11 @@ def timm_source(name: str, *, pretrained: bool = True, weights: str | None = Non
         raise unknown_model("timm", name, timm.list_models())
     if weights:  # timm's own loading path, pointed at a local file
         kwargs["pretrained_cfg_overlay"] = dict(file=str(weights))
-    model = timm.create_model(name, pretrained=pretrained or bool(weights), **kwargs)
+    if pretrained and not weights:
+        with hub_access():  # offline: the cache only, failing fast
+            model = timm.create_model(name, pretrained=True, **kwargs)
+    else:
+        model = timm.create_model(name, pretrained=bool(weights), **kwargs)
     args = {}
     if "img_size" in kwargs:  # the model was built for another size than its default config
         size = kwargs["img_size"]

@@ -14,7 +14,21 @@ def _list() -> list[str]:
     return models.list_models(module=models)
 
 
-@register_source("torchvision", lister=_list)
+def _cache(name: str) -> str:
+    """The file torch.hub looks for: TORCH_HOME/hub/checkpoints/<the weights URL's file name>."""
+    import os
+
+    from torchvision import models
+
+    folder = os.path.join(torch.hub.get_dir(), "checkpoints")
+    try:
+        url = models.get_model_weights(name).DEFAULT.url
+    except (ValueError, AttributeError):
+        return folder
+    return os.path.join(folder, os.path.basename(url))
+
+
+@register_source("torchvision", lister=_list, cache=_cache)
 def torchvision_source(name: str, *, pretrained: bool = True, weights: str | None = None,
                        **kwargs) -> AdapterResult:
     from torchvision import models
