@@ -102,3 +102,43 @@ def test_memory_does_not_hold_activations_of_all_images(tmp_path):
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
     assert peaks[1] < peaks[0] * 1.5, peaks
+
+
+def test_random_weights_are_the_same_every_run_and_a_resume_refuses_others(tmp_path):
+    """Issue: two `--no-pretrained` runs gave different features, and a resume mixed them."""
+    a = _extract(tmp_path / "a")
+    b = _extract(tmp_path / "b")
+    np.testing.assert_array_equal(a.features(SPEC, "blocks.1"), b.features(SPEC, "blocks.1"))
+    record = a.config["models"][SPEC]
+    assert record["seed"] == 0 and record["weights_fingerprint"].startswith("sha256:")
+    # an interrupted store resumed with other random weights is refused, naming the weights
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    manifest["done_chunks"], manifest["complete"] = [0], False
+    (tmp_path / "a" / "manifest.json").write_text(json.dumps(manifest))
+    other = zoolens.load(SPEC, pretrained=False, device="cpu", seed=1)
+    with pytest.raises(InputError, match="other weights.*seed 0 then, 1 now"):
+        zoolens.extract(other, synthetic(20, 32), layers="blocks", out=tmp_path / "a",
+                        batch_size=4, chunk_size=8, num_workers=0, progress=False,
+                        dtype="float32")
+
+
+def test_an_image_replaced_under_its_name_is_computed_again(tmp_path, photo_dir):
+    import shutil
+
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    shutil.copytree(photo_dir, folder)
+    kw = dict(layers="blocks.1", batch_size=1, chunk_size=1, num_workers=0, progress=False,
+              dtype="float32", pretrained=False)
+    first = zoolens.extract(SPEC, folder, out=tmp_path / "s", **kw)
+    before = np.array(first.features(SPEC, "blocks.1"))
+    target = folder / "cup" / "coffee.jpg"  # the same name, other pixels, other size
+    Image.open(folder / "cat" / "chelsea.jpg").transpose(Image.FLIP_LEFT_RIGHT).save(target)
+    again = zoolens.extract(SPEC, folder, out=tmp_path / "s", **kw)
+    fresh = zoolens.extract(SPEC, folder, out=tmp_path / "fresh", **kw)
+    after = np.array(again.features(SPEC, "blocks.1"))
+    row = again.ids.index("cup/coffee.jpg")
+    assert np.abs(after[row] - before[row]).max() > 1e-3  # recomputed from the new pixels
+    np.testing.assert_array_equal(after, np.array(fresh.features(SPEC, "blocks.1")))
+    assert again.fingerprints == fresh.fingerprints

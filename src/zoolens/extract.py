@@ -22,8 +22,8 @@ log = logging.getLogger("zoolens")
 
 def extract(models, images, layers="blocks", out: str | Path | None = None, pool: str = "mean", *,
             maps=None, batch_size: int = 32, device=None, dtype: str = "float16",
-            pretrained: bool = True, num_workers: int | None = None, amp: bool = False,
-            chunk_size: int | None = None, overwrite: bool = False,
+            pretrained: bool = True, seed: int = 0, num_workers: int | None = None,
+            amp: bool = False, chunk_size: int | None = None, overwrite: bool = False,
             progress: bool = True) -> Store:
     """Run `images` through `models`, pool the `layers` and write them to the store `out`.
 
@@ -31,14 +31,15 @@ def extract(models, images, layers="blocks", out: str | Path | None = None, pool
     'synthetic:scenes?n=64', a CSV, a tensor batch). layers: a selector (`blocks`, `all`,
     names, globs) or a dict per model. pool: 'mean' (over positions / patch tokens), 'cls'
     (the CLS token; mean where a layer has none), 'none' (full maps). maps: a selector of
-    layers kept as full maps whatever `pool` says. chunk_size: images between checkpoints
+    layers kept as full maps whatever `pool` says. seed: random weights' seed (recorded in the
+    store with each model's weights fingerprint). chunk_size: images between checkpoints
     (a multiple of `batch_size`; default about 256, fewer for small runs). Rerunning on the
     same `out` resumes. Writes `out/extract.json` (a summary) and returns the opened Store."""
     if out is None:
         raise InputError("extract needs out=DIR, the folder the feature store is written to")
     if pool not in POOLS:
         raise InputError(f"pool {pool!r}: use one of {', '.join(POOLS)}")
-    models = as_models(models, pretrained=pretrained, device=device)
+    models = as_models(models, pretrained=pretrained, device=device, seed=seed)
     source = open_source(images)
     chosen = resolve_layers(models, layers)
     full_maps = resolve_layers(models, maps) if maps is not None else {}

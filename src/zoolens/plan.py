@@ -48,9 +48,11 @@ def _same(a, b) -> bool:
 
 
 def reusable_store(path: str | Path | Store | None, models: Sequence[Model],
-                   source: ImageSource, need: Need) -> Store | None:
+                   source: ImageSource, need: Need,
+                   fingerprints: list[str] | None = None) -> Store | None:
     """The store at `path` when it holds everything `need` asks for, computed by these models
-    from these images; else None."""
+    (the same weights) from these images (the same contents: `fingerprints`, by default the
+    source's item fingerprints); else None."""
     if path is None:
         return None
     try:
@@ -63,7 +65,11 @@ def reusable_store(path: str | Path | Store | None, models: Sequence[Model],
         return None
     if not all(_same(have.get(name), record) for name, record in want["models"].items()):
         return None
-    return store if store.holds(need) else None
+    if not store.holds(need):
+        return None
+    if fingerprints is None:
+        fingerprints = source.item_fingerprints()
+    return store if store.fingerprints == fingerprints else None
 
 
 def _storable(need: Need) -> dict[str, dict[str, list[str]]]:
@@ -110,8 +116,10 @@ def run(models: Sequence[Model], source: ImageSource, sinks: Sequence[Sink], *,
     if checkpoint is not None:
         done = _resume(Path(checkpoint), key, sinks)
         order = [i for i in order if i not in done]
-    stored = reusable_store(store, used, source, need)
-    writer = None if stored is not None else _writer(store, used, source, need, batch_size, dtype)
+    prints = source.item_fingerprints() if store is not None else None
+    stored = reusable_store(store, used, source, need, prints)
+    writer = None if stored is not None else _writer(store, used, source, need, prints,
+                                                     batch_size, dtype)
     total = RunSummary(device="store" if stored is not None else "")
     step = every if checkpoint is not None else max(len(order), 1)
     try:
@@ -142,14 +150,14 @@ def _add(total: RunSummary, part: RunSummary) -> None:
     total.device = part.device
 
 
-def _writer(store, models, source, need: Need, batch_size: int, dtype: str):
+def _writer(store, models, source, need: Need, fingerprints, batch_size: int, dtype: str):
     """A writer filling the store folder on the way, or None when there is none to fill."""
     pools = _storable(need)
     if store is None or isinstance(store, Store) or not pools:
         return None
     try:
         return StoreWriter(Path(store), _infos(models, pools), pools, ids=source.ids,
-                           labels=source.labels, dtype=dtype,
+                           labels=source.labels, fingerprints=fingerprints, dtype=dtype,
                            chunk_size=default_chunk_size(len(source), batch_size),
                            config=store_config(models, source),
                            listing_skips=source.skipped_at_listing)
@@ -210,11 +218,13 @@ def extract(models: Sequence[Model], source: ImageSource, pools: dict[str, dict[
                          f"{batch_size}")
     used = [m for m in models if m.name in pools]
     need = Need({m: {layer: set(p) for layer, p in by.items()} for m, by in pools.items()})
-    held = None if overwrite else reusable_store(out, used, source, need)
+    prints = source.item_fingerprints()
+    held = None if overwrite else reusable_store(out, used, source, need, prints)
     if held is not None:  # a finished store already holds all of it (maybe more)
         return held
     writer = StoreWriter(out, _infos(used, pools), pools, ids=source.ids, labels=source.labels,
-                         dtype=dtype, chunk_size=chunk_size, config=store_config(used, source),
+                         fingerprints=prints, dtype=dtype, chunk_size=chunk_size,
+                         config=store_config(used, source),
                          listing_skips=source.skipped_at_listing, overwrite=overwrite)
     for s in source.skipped_at_listing:
         log.warning("skipped %s: %s", s["id"], s["reason"])

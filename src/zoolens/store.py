@@ -15,6 +15,7 @@ planner can feed sinks from disk instead of running the models again.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import time
@@ -30,6 +31,8 @@ from .sinks import Batch, Need, Sink
 from .taps import TapInfo, effective_pool, pooled_shape
 
 __all__ = ["StoreWriter", "Store", "open_store", "MANIFEST", "default_chunk_size", "slug"]
+
+log = logging.getLogger("zoolens")
 
 MANIFEST = "manifest.json"
 _FORMAT = 1
@@ -84,11 +87,14 @@ class StoreWriter(Sink):
     """A sink writing reduced features to `out`: for each model and layer of `infos`, the
     poolings `pools[model][layer]` (a list; "mean", "cls" or "none"). Creating it on a folder
     that holds an unfinished extraction with the same settings resumes it (`todo()` lists what
-    is left); with other settings it refuses, unless `overwrite`."""
+    is left); with other settings — other weights included — it refuses, unless `overwrite`.
+    `fingerprints` (one per image, `ImageSource.item_fingerprints()`) are recorded per row: an
+    image whose content changed since a row was written makes its chunk be computed again."""
 
     def __init__(self, out: str | Path, infos: dict[str, dict[str, TapInfo]],
                  pools: dict[str, dict[str, list[str]]], *, ids: list[str], labels=None,
-                 dtype: str = "float16", chunk_size: int = 256, config: dict | None = None,
+                 fingerprints: list[str] | None = None, dtype: str = "float16",
+                 chunk_size: int = 256, config: dict | None = None,
                  listing_skips: list[dict] | None = None, overwrite: bool = False):
         if dtype not in ("float16", "float32"):
             raise InputError(f"dtype {dtype!r}: use float16 or float32")
@@ -120,7 +126,7 @@ class StoreWriter(Sink):
         self.need = Need({m: {layer: set(p) for layer, p in by.items()} for m, by in pools.items()})
         self.config = {"format": _FORMAT, "n_images": self.n, "dtype": dtype,
                        "chunk_size": chunk_size, "layers": entries, **(config or {})}
-        self.manifest = self._open(overwrite, ids, labels, listing_skips or [])
+        self.manifest = self._open(overwrite, ids, labels, fingerprints, listing_skips or [])
         self.add_state("done_chunks", set(self.manifest["done_chunks"]), merge="union")
         self.add_state("skipped", list(self.manifest["skipped"]), merge=_merge_records)
         self.add_state("notes", list(self.manifest["notes"]), merge=_merge_records)
@@ -129,20 +135,19 @@ class StoreWriter(Sink):
         self._chunk_notes: list[dict] = []
 
     # -- creation and resumption -------------------------------------------------------
-    def _open(self, overwrite: bool, ids, labels, listing_skips) -> dict:
+    def _open(self, overwrite: bool, ids, labels, fingerprints, listing_skips) -> dict:
         path = self.out / MANIFEST
         if path.exists() and not overwrite:
             old = json.loads(path.read_text())
             new = _plain(self.config)
             if old.get("config") != new:
-                diff = [k for k in set(old.get("config", {})) | set(new)
-                        if old.get("config", {}).get(k) != new.get(k)]
-                raise InputError(f"{self.out} holds another extraction (settings differ in: "
-                                 f"{', '.join(sorted(diff))}); choose another --out, or overwrite")
+                raise InputError(_refusal(self.out, old.get("config", {}), new))
             for a in self.arrays.values():
                 if not a.path.exists():
                     raise InputError(f"{self.out} is damaged: {a.path} is missing; overwrite it")
             self._open_files()
+            if fingerprints is not None:
+                self._forget_changed(old, fingerprints)
             return old
         self.out.mkdir(parents=True, exist_ok=True)
         self._remove_old_arrays(path)
@@ -151,12 +156,34 @@ class StoreWriter(Sink):
             # preallocated (sparse) and zero: rows of skipped images stay zero
             np.lib.format.open_memmap(a.path, mode="w+", dtype=self.dtype,
                                       shape=(self.n, *a.shape))._mmap.close()
-        _write_json_atomic(self.out / "ids.json", {"ids": list(ids), "labels": labels})
+        _write_json_atomic(self.out / "ids.json", {"ids": list(ids), "labels": labels,
+                                                   "fingerprints": fingerprints})
         manifest = {"config": self.config, "done_chunks": [], "skipped": list(listing_skips),
                     "notes": [], "complete": False, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         _write_json_atomic(path, manifest)
         self._open_files()
         return manifest
+
+    def _forget_changed(self, manifest: dict, fingerprints: list[str]) -> None:
+        """Images whose content changed since their rows were written: their chunks are
+        computed again (and their old skip or note entries dropped)."""
+        meta_path = self.out / "ids.json"
+        meta = json.loads(meta_path.read_text())
+        before = meta.get("fingerprints") or [None] * self.n
+        changed = [i for i, (a, b) in enumerate(zip(before, fingerprints)) if a != b]
+        if not changed:
+            return
+        chunks = {i // self.chunk_size for i in changed}
+        log.warning("%d image(s) changed since %s was written (e.g. %s); computing their %d "
+                    "chunk(s) again", len(changed), self.out, meta["ids"][changed[0]], len(chunks))
+        stale = lambda r: "index" in r and r["index"] // self.chunk_size in chunks  # noqa: E731
+        manifest["done_chunks"] = [c for c in manifest["done_chunks"] if c not in chunks]
+        manifest["skipped"] = [r for r in manifest["skipped"] if not stale(r)]
+        manifest["notes"] = [r for r in manifest["notes"] if not stale(r)]
+        manifest["complete"] = False
+        meta["fingerprints"] = list(fingerprints)
+        _write_json_atomic(meta_path, meta)  # rows are rewritten before their chunk is done
+        _write_json_atomic(self.out / MANIFEST, manifest)
 
     def _remove_old_arrays(self, manifest: Path) -> None:
         """Starting over on a store folder: the arrays of the old extraction go (a later reader
@@ -263,6 +290,21 @@ class StoreWriter(Sink):
         return Store(self.out)
 
 
+def _refusal(out: Path, old: dict, new: dict) -> str:
+    """Why a store folder cannot take this extraction: other weights, or other settings."""
+    for name, rec in new.get("models", {}).items():
+        was = old.get("models", {}).get(name) or {}
+        if was.get("weights_fingerprint") and was.get("weights_fingerprint") != \
+                rec.get("weights_fingerprint"):
+            return (f"{out} was written by {name} with other weights ({was['weights_fingerprint'][:19]}"
+                    f"... then, {rec['weights_fingerprint'][:19]}... now; seed {was.get('seed')} "
+                    f"then, {rec.get('seed')} now): resuming would mix two models in one store; "
+                    "choose another --out, or --overwrite to start over")
+    diff = [k for k in set(old) | set(new) if old.get(k) != new.get(k)]
+    return (f"{out} holds another extraction (settings differ in: {', '.join(sorted(diff))}); "
+            "choose another --out, or overwrite")
+
+
 def _merge_records(a: list[dict], b: list[dict]) -> list[dict]:
     """Skip or note records of two writers, each listed once, in source order."""
     seen = {(r.get("index"), r.get("id")) for r in a}
@@ -286,6 +328,7 @@ class Store:
         meta = json.loads((self.path / "ids.json").read_text())
         self.ids: list[str] = meta["ids"]
         self.labels = meta.get("labels")
+        self.fingerprints: list[str] | None = meta.get("fingerprints")
         self.skipped: list[dict] = self.manifest["skipped"]
         self.complete: bool = self.manifest["complete"]
         self.valid = np.ones(len(self.ids), bool)

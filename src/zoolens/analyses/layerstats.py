@@ -138,7 +138,8 @@ class LayerStatsResult:
 
 
 def layerstats(models, images, *, layers="blocks", batch_size: int = 32, device=None,
-               num_workers: int | None = None, pretrained: bool = True, store=None,
+               num_workers: int | None = None, pretrained: bool = True, seed: int = 0,
+               store=None,
                progress: bool = True, out: str | Path | None = None) -> LayerStatsResult:
     """Activation statistics of every unit of the tapped `layers` of `models` on `images`.
 
@@ -146,7 +147,7 @@ def layerstats(models, images, *, layers="blocks", batch_size: int = 32, device=
     per model. store: a feature store holding the layers as full maps (`extract --pool none`),
     read instead of running the models. With `out`, writes `layerstats.json` and the per-unit
     arrays in `layerstats.npz`."""
-    models = as_models(models, pretrained=pretrained, device=device)
+    models = as_models(models, pretrained=pretrained, device=device, seed=seed)
     source = open_source(images)
     chosen = resolve_layers(models, layers)
     channels = {m.name: {i.name: i.channels for i in m.layers(chosen[m.name])} for m in models}
@@ -173,7 +174,8 @@ def layerstats(models, images, *, layers="blocks", batch_size: int = 32, device=
     result = LayerStatsResult(models=[m.name for m in models], images=sink.images, layers=rows,
                               skipped=list(source.skipped_at_listing) + summary.skipped,
                               settings={"layers": chosen, "source": source.description,
-                                        "specs": {m.name: m.spec for m in models}})
+                                        "specs": {m.name: m.spec for m in models},
+                                        "weights": {m.name: m.record() for m in models}})
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

@@ -29,8 +29,8 @@ def compare(model: Annotated[list[str], typer.Option(
                 help="pooled (exact streaming CKA on mean-pooled features) | flat (whole maps, "
                      "minibatch unbiased CKA)")] = "pooled",
             batch_size: BatchSize = 32,
-            seed: Annotated[int, typer.Option(help="shuffled image order for --features flat")]
-            = 0,
+            seed: Annotated[int, typer.Option(help="random weights' seed, and the shuffled image "
+                                                   "order of --features flat")] = 0,
             device: Device = None, workers: Workers = None, store: Store = None,
             no_pretrained: NoPretrained = False, as_json: Json = False,
             verbose: Verbose = False):

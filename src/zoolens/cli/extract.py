@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ._app import (SPECS_HELP, BatchSize, Device, Images, Json, Layers, Models, NoPretrained, Out,
-                   Verbose, Workers, app, call, console, emit_json)
+                   Seed, Verbose, Workers, app, call, console, emit_json)
 
 
 @app.command()
@@ -71,7 +71,7 @@ def extract(model: Models, images: Images, out: Out, layers: Layers = "blocks",
             dtype: Annotated[str, typer.Option(help="float16 | float32 on disk")] = "float16",
             workers: Workers = None,
             amp: Annotated[bool, typer.Option(help="autocast the forward pass")] = False,
-            no_pretrained: NoPretrained = False,
+            no_pretrained: NoPretrained = False, seed: Seed = 0,
             overwrite: Annotated[bool, typer.Option(help="start over instead of resuming")] = False,
             as_json: Json = False, verbose: Verbose = False):
     """Tap the layers of one or more models on the same images and write a feature store.
@@ -83,7 +83,7 @@ def extract(model: Models, images: Images, out: Out, layers: Layers = "blocks",
                                            "command to resume"):
         store = run_extract(model, images, layers=layers, out=out, pool=pool, maps=maps,
                             batch_size=batch_size, device=device, dtype=dtype,
-                            pretrained=not no_pretrained, num_workers=workers, amp=amp,
+                            pretrained=not no_pretrained, seed=seed, num_workers=workers, amp=amp,
                             chunk_size=chunk_size, overwrite=overwrite)
     summary = summarize(store)
     for s in store.skipped:

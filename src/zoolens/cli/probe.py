@@ -56,7 +56,8 @@ def probe(model: Models,
           pool: Annotated[str, typer.Option(help="mean | cls | both")] = "both",
           val_fraction: Annotated[float, typer.Option(
               help="share of train held out to pick the linear head")] = 0.2,
-          seed: Annotated[int, typer.Option(help="seeds the validation split and the heads")] = 0,
+          seed: Annotated[int, typer.Option(
+              help="seeds the validation split, the heads and random weights")] = 0,
           templates: Annotated[Optional[Path], typer.Option(
               help="zero-shot templates file, one per line with {} for the class")] = None,
           n_last_blocks: Annotated[int, typer.Option(

@@ -18,7 +18,8 @@ def rosetta(model: Models, out: Out,
             generator: Annotated[Optional[str], typer.Option(
                 help="latent -> image model (file:gan.py:make); it joins the zoo")] = None,
             n: Annotated[int, typer.Option("--n", help="images to sample from --generator")] = 64,
-            seed: Annotated[int, typer.Option(help="latent seed for --generator")] = 0,
+            seed: Annotated[int, typer.Option(help="seed of random weights and of the "
+                                                   "--generator's latents")] = 0,
             layers: Layers = "blocks",
             resolution: Annotated[Optional[int], typer.Option(
                 help="common grid (default: the largest tapped grid, at most 32)")] = None,

@@ -285,7 +285,7 @@ def _cut_one(index: int, id_: str, feats: np.ndarray, size: tuple[int, int], win
 def discover(model, images, *, layer: str | None = None, features: str = "keys",
              objects: int = 3, tau: float = 0.2, eps: float = 1e-5, batch_size: int = 16,
              indices: Sequence[int] | None = None, device=None, num_workers: int | None = None,
-             pretrained: bool = True, progress: bool = True,
+             pretrained: bool = True, seed: int = 0, progress: bool = True,
              out: str | Path | None = None) -> list["ImageObjects"]:
     """Unsupervised object discovery (TokenCut / MaskCut) with a model, one result per image.
 
@@ -303,7 +303,7 @@ def discover(model, images, *, layer: str | None = None, features: str = "keys",
     overlay per image (`overlays/`) and `out/discover.json`, which is written even when the run
     is interrupted and lists what was done.
     """
-    model = as_models(model, pretrained=pretrained, device=device)[0]
+    model = as_models(model, pretrained=pretrained, device=device, seed=seed)[0]
     source = open_source(images)
     if int(objects) < 1:
         raise InputError(f"--objects {objects}: find at least 1 object per image")
@@ -322,6 +322,7 @@ def discover(model, images, *, layer: str | None = None, features: str = "keys",
     out = Path(out) if out is not None else None
     sink = DiscoverySink(model, pl, info, settings, out)
     summary = {"analysis": "discover", "model": model.name, "spec": model.spec,
+               "models": {model.name: model.record()},
                "layer": pl.layer, "feature": pl.feature,
                "channels": [pl.channels.start, pl.channels.stop], "features": features,
                "grid": list(info.grid), "input_size": list(model.input_size), "tau": tau,

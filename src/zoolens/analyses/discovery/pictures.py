@@ -172,7 +172,8 @@ class AttentionSink(_PictureSink):
 def visualize(model, images, *, kind: str = "pca", layer: str | None = None,
               features: str = "tokens", threshold: float | None = None, batch_size: int = 16,
               device=None, num_workers: int | None = None, pretrained: bool = True,
-              progress: bool = True, out: str | Path | None = None) -> Visualization:
+              seed: int = 0, progress: bool = True,
+              out: str | Path | None = None) -> Visualization:
     """PCA colours or CLS attention maps of a model's patches, per image, as arrays.
 
     model: a zoolens Model or a spec string; images: anything `open_source` takes.
@@ -187,7 +188,7 @@ def visualize(model, images, *, kind: str = "pca", layer: str | None = None,
     """
     if kind not in KINDS:
         raise InputError(f"--kind {kind!r}: use one of {', '.join(KINDS)}")
-    model = as_models(model, pretrained=pretrained, device=device)[0]
+    model = as_models(model, pretrained=pretrained, device=device, seed=seed)[0]
     source = open_source(images)
     keep = out is not None and source.drawn_by is not None  # drawn images cannot be decoded again
     notes: list[str] = []
@@ -229,7 +230,7 @@ def visualize(model, images, *, kind: str = "pca", layer: str | None = None,
     else:
         result.attention = sink.result()
     if out is not None:
-        _write(result, source, sink.images, Path(out), spec=model.spec)
+        _write(result, source, sink.images, Path(out), record=model.record())
     return result
 
 
@@ -241,7 +242,8 @@ def _colormap(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return (matplotlib.colormaps["viridis"](scaled)[..., :3] * 255).astype(np.uint8)
 
 
-def _write(vis: Visualization, source: ImageSource, kept: list, out: Path, *, spec: str) -> dict:
+def _write(vis: Visualization, source: ImageSource, kept: list, out: Path, *,
+           record: dict) -> dict:
     """One PNG per image (the image, then its picture(s)), visualize.json and visualize.npz."""
     out.mkdir(parents=True, exist_ok=True)
     entries = []
@@ -261,7 +263,8 @@ def _write(vis: Visualization, source: ImageSource, kept: list, out: Path, *, sp
         if vis.kind == "pca":
             entry["foreground_patches"] = int(vis.foreground[n].sum())
         entries.append(entry)
-    summary = {"analysis": "visualize", "model": vis.model, "spec": spec, "kind": vis.kind,
+    summary = {"analysis": "visualize", "model": vis.model, "spec": record["spec"],
+               "models": {vis.model: record}, "kind": vis.kind,
                "layer": vis.layer, "feature": vis.feature, "grid": list(vis.grid),
                "input_size": list(vis.input_size), "threshold": vis.threshold,
                "heads": vis.heads, "notes": vis.notes, "arrays": "visualize.npz",

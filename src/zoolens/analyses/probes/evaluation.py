@@ -217,7 +217,7 @@ def probe(models, train, test, *, layers="blocks", methods: Sequence[str] = ("kn
         temperature: T of the k-NN vote ``exp(sim / T)``.
         pool: ``mean``, ``cls`` or ``both`` (see the module docstring).
         val_fraction: share of the TRAIN images held out to choose the linear head.
-        seed: seeds the validation split and the linear heads.
+        seed: seeds the validation split, the linear heads and random weights.
         templates: zero-shot prompt templates (``{}`` = class name), or a text file of them
             (one per line); default `DEFAULT_TEMPLATES`. Class names are the labels with
             ``_`` read as spaces.
@@ -256,7 +256,7 @@ def probe(models, train, test, *, layers="blocks", methods: Sequence[str] = ("kn
                          "goes, e.g. 'a photo of a {}.'")
     out = Path(out)
 
-    models = as_models(models, pretrained=pretrained, device=device)
+    models = as_models(models, pretrained=pretrained, device=device, seed=seed)
     slugs = [slug(m.name) for m in models]
     if len(set(slugs)) != len(slugs):
         raise InputError(f"models {[m.name for m in models]}: two share a name (or a folder "
@@ -301,6 +301,7 @@ def probe(models, train, test, *, layers="blocks", methods: Sequence[str] = ("kn
         "linear_options": dict(linear_options or {}), "templates": list(templates),
         "pretrained": bool(pretrained), "dtype": dtype,
         "models": [m.name for m in models], "specs": {m.name: m.spec for m in models},
+        "weights": {m.name: m.record() for m in models},
         "layers": {m.name: chosen[m.name] for m in models},
         "train": sources["train"].description, "test": sources["test"].description,
         "n_train": len(sources["train"]), "n_test": len(sources["test"]),

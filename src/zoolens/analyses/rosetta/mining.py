@@ -169,7 +169,8 @@ def rosetta(models, images=None, *, generator=None, n_generated: int = 64, seed:
 
     models: specs or Models (discriminative ones); images: anything `open_source` takes, or
     None with `generator` (a latent -> image spec or Model, sampled `n_generated` times with
-    `seed`; it joins the zoo and is the default anchor). layers: a selector or a dict per
+    `seed`; it joins the zoo and is the default anchor). seed: also the seed of random weights
+    (`pretrained=False`). layers: a selector or a dict per
     model. resolution: the common grid (default: `default_resolution`). mode: "strict" or
     "relaxed" best buddies (k for relaxed). store: a feature store holding the layers' full
     maps (`zoolens extract --pool none`), read instead of running the models. With `out`,
@@ -198,7 +199,8 @@ def rosetta(models, images=None, *, generator=None, n_generated: int = 64, seed:
                 "min_correlation": min_correlation, "layers": chosen, "resolution": resolution,
                 "resize": "bilinear, antialiased when downsampling", "max_memory": max_memory,
                 "passes": len(passes), "blocked": blocked, "source": source.description,
-                "specs": {m.name: m.spec for m in models}}
+                "specs": {m.name: m.spec for m in models},
+                "weights": {m.name: m.record() for m in models}}
     out = Path(out) if out is not None else None
     key = hashlib.sha1(json.dumps({**settings, "n": len(source), "ids": source.fingerprint(),
                                    "models": [m.record() for m in models]},
@@ -237,12 +239,12 @@ def _check_settings(mode, k, resolution, concepts, max_memory, min_correlation) 
 
 def _zoo_and_source(models, images, generator, n_generated, seed, pretrained, device):
     """The loaded zoo (a generator first) and the images it sees."""
-    models = as_models(models, pretrained=pretrained, device=device)
+    models = as_models(models, pretrained=pretrained, device=device, seed=seed)
     if generator is not None:
         if images is not None:
             raise InputError("give either images or a generator, not both")
         gen = generator if isinstance(generator, Model) else load(generator, pretrained=pretrained,
-                                                                 device=device)
+                                                                 device=device, seed=seed)
         source: ImageSource = GeneratedImages(gen, n=n_generated, seed=seed)
     elif images is None:
         raise InputError("rosetta needs images (a folder, synthetic:scenes, ...) or a generator")

@@ -270,16 +270,18 @@ def _check_k(k, n: int | None = None, what: str = "images") -> int:
     return int(k)
 
 
-def _models(model_a, model_b, pretrained: bool, device) -> tuple[Model, Model]:
+def _models(model_a, model_b, pretrained: bool, device, seed: int) -> tuple[Model, Model]:
     """Load both sides; the same spec or the same Model is loaded once."""
     if model_b is None:
         model_b = model_a
     same = model_a is model_b or (isinstance(model_a, str) and isinstance(model_b, str)
                                   and model_a == model_b)
-    a = model_a if isinstance(model_a, Model) else load(model_a, pretrained=pretrained, device=device)
+    a = model_a if isinstance(model_a, Model) else load(model_a, pretrained=pretrained,
+                                                        device=device, seed=seed)
     if same:
         return a, a
-    b = model_b if isinstance(model_b, Model) else load(model_b, pretrained=pretrained, device=device)
+    b = model_b if isinstance(model_b, Model) else load(model_b, pretrained=pretrained,
+                                                        device=device, seed=seed)
     if a.name == b.name:
         raise InputError(f"model_a and model_b are two different models both named {a.name!r}; "
                          "pass the same Model to compare a model with itself, or name them "
@@ -315,8 +317,9 @@ def compare(model_a, model_b=None, images=None, *, layers_a="blocks", layers_b=N
         features: "pooled" (mean over positions / patch tokens; exact streaming CKA) or "flat"
             (whole maps flattened to C*h*w per image; minibatch unbiased CKA, cka only).
         batch_size: images per forward pass; for "flat" also the minibatch size (>= 4).
-        seed: the shuffled visiting order for "flat" (see the module docstring); None keeps the
-            source's order. Pooled CKA and mknn do not depend on the order.
+        seed: random weights of specs loaded here (None: 0), and the shuffled visiting order
+            for "flat" (see the module docstring); None keeps the source's order. Pooled CKA
+            and mknn do not depend on the order.
         device, num_workers, progress: as in `zoolens.engine.run`.
         pretrained: load pretrained weights for spec strings (False: random, offline).
         store: a feature store (`zoolens extract`) read instead of running the models when it
@@ -348,7 +351,7 @@ def compare(model_a, model_b=None, images=None, *, layers_a="blocks", layers_b=N
     n_total = len(source)
     if metric == "mknn":
         _check_k(k, n_total)
-    a, b = _models(model_a, model_b, pretrained, device)
+    a, b = _models(model_a, model_b, pretrained, device, seed or 0)
     same = a is b
     names_a = a.select(layers_a)
     names_b = b.select(layers_a if layers_b is None else layers_b)
@@ -364,7 +367,8 @@ def compare(model_a, model_b=None, images=None, *, layers_a="blocks", layers_b=N
     settings = {"features": features, "pooling": "mean" if how == "mean" else "none (flattened)",
                 "k": int(k) if metric == "mknn" else None, "batch_size": int(batch_size),
                 "source": source.description, "pretrained": bool(pretrained), "same_model": same,
-                "specs": {a.name: a.spec, b.name: b.spec}}
+                "specs": {a.name: a.spec, b.name: b.spec},
+                "weights": {a.name: a.record(), b.name: b.record()}}
     order = None
     if metric == "cka" and features == "pooled":
         settings["estimator"] = "linear_cka"
