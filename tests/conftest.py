@@ -6,7 +6,6 @@ import os
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -127,3 +126,20 @@ def diffusers_unet_dir(tmp_path_factory) -> Path:
     unet.save_pretrained(root / "unet")
     diffusers.DDPMScheduler(num_train_timesteps=1000).save_pretrained(root / "scheduler")
     return root
+
+
+@pytest.fixture
+def forward_calls(monkeypatch):
+    """Batch sizes of the engine's model forward passes: every image reaching a model goes
+    through it (a model's dry run describing its layers does not)."""
+    calls = []
+    import zoolens.engine
+
+    original = zoolens.engine._forward
+
+    def counting(model, x, *args, **kwargs):
+        calls.append(x.shape[0])
+        return original(model, x, *args, **kwargs)
+
+    monkeypatch.setattr(zoolens.engine, "_forward", counting)
+    return calls

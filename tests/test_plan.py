@@ -1,5 +1,5 @@
 """The planner: one pass for the sinks' merged needs, a feature store read instead of running the
-models when it holds them (counted: zero forwards), a store written on the way, checkpoints
+models when it holds them (counted: zero forward_calls), a store written on the way, checkpoints
 any sink can resume from."""
 
 from __future__ import annotations
@@ -12,67 +12,53 @@ import zoolens
 import zoolens.plan
 from zoolens.analyses.similarity import compare
 from zoolens.engine import RunSummary
-from zoolens.zoo.model import Model
 
 from conftest import synthetic
 
 VIT = "timm:vit_tiny_patch16_224?img_size=32&patch_size=8&depth=2"
 
 
-@pytest.fixture
-def forwards(monkeypatch):
-    calls = []
-    real = Model.forward
-
-    def counted(self, x):
-        calls.append(len(x))
-        return real(self, x)
-
-    monkeypatch.setattr(Model, "forward", counted)
-    return calls
-
-
 @pytest.fixture(scope="module")
 def vit():
     torch.manual_seed(0)
     model = zoolens.load(VIT, pretrained=False, device="cpu")
-    model.layers()  # the dry run describing the layers, done before forwards are counted
+    model.layers()  # the dry run describing the layers, done before forward_calls are counted
     return model
 
 
-def test_a_store_that_holds_the_need_is_read_with_no_forward(tmp_path, vit, forwards):
+def test_a_store_that_holds_the_need_is_read_with_no_forward(tmp_path, vit, forward_calls):
     images = synthetic(12, 32)
     kw = dict(layers_a="blocks", metric="cka", batch_size=4, num_workers=0, progress=False)
     first = compare(vit, vit, images, store=tmp_path / "feats", **kw)
-    assert sum(forwards) == 12 and (tmp_path / "feats" / "manifest.json").exists()
-    forwards.clear()
+    assert sum(forward_calls) == 12 and (tmp_path / "feats" / "manifest.json").exists()
+    forward_calls.clear()
     second = compare(vit, vit, images, store=tmp_path / "feats", **kw)
-    assert forwards == []  # read from the store the first run wrote
+    assert forward_calls == []  # read from the store the first run wrote
     np.testing.assert_allclose(second.array, first.array, atol=2e-3)  # float16 on disk
     third = compare(vit, vit, images, store=tmp_path / "feats", **kw)
     np.testing.assert_array_equal(third.array, second.array)
     # a store extracted by `zoolens extract` serves too
     store = zoolens.extract(vit, images, layers="blocks", out=tmp_path / "x", batch_size=4,
                             num_workers=0, progress=False, dtype="float32")
-    forwards.clear()
+    forward_calls.clear()
     fourth = compare(vit, vit, images, store=store.path, **kw)
-    assert forwards == [] and np.abs(fourth.array - first.array).max() < 1e-6
+    assert forward_calls == [] and np.abs(fourth.array - first.array).max() < 1e-6
 
 
-def test_a_store_of_other_images_or_weights_is_not_read(tmp_path, vit, forwards):
+def test_a_store_of_other_images_or_weights_is_not_read(tmp_path, vit, forward_calls):
     kw = dict(layers_a="blocks", batch_size=4, num_workers=0, progress=False)
     compare(vit, vit, synthetic(8, 32), store=tmp_path / "feats", **kw)
-    forwards.clear()
+    forward_calls.clear()
     compare(vit, vit, "synthetic:scenes?n=8&size=32&seed=1", store=tmp_path / "feats", **kw)
-    assert sum(forwards) == 8  # other images: the models run (and the store is left as it is)
+    assert sum(forward_calls) == 8  # other images: the models run (and the store is left as it is)
     other = zoolens.load(VIT, pretrained=False, device="cpu")
     with torch.no_grad():
         for p in other.module.parameters():
             p.add_(0.1)
     other.layers()  # its weights fingerprint tells the store these are other weights
-    forwards.clear()
+    forward_calls.clear()
     compare(other, other, synthetic(8, 32), store=tmp_path / "feats", **kw)
-    assert sum(forwards) == 8
+    assert sum(forward_calls) == 8
 
 
 def test_checkpoints_resume_any_sink(tmp_path, vit, monkeypatch):

@@ -66,7 +66,7 @@ def test_an_option_the_model_does_not_take_is_named(spec, takes):
         zoolens.load(spec, pretrained=False)
     message = str(err.value)
     assert message.startswith(f"{spec}: option 'bogus_kw' is not taken by this model")
-    assert f"it takes " in message and takes in message  # what it does take
+    assert "it takes " in message and takes in message  # what it does take
     assert err.value.__suppress_context__
 
 

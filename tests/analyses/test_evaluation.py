@@ -38,20 +38,6 @@ def vit_run(tmp_path_factory, vit):
     return out, res
 
 
-@pytest.fixture
-def forward_calls(monkeypatch):
-    """Counts the engine's model forward passes (every extraction goes through it)."""
-    calls = []
-    original = zoolens.engine._forward
-
-    def counting(model, x, *args, **kwargs):
-        calls.append(x.shape[0])
-        return original(model, x, *args, **kwargs)
-
-    monkeypatch.setattr(zoolens.engine, "_forward", counting)
-    return calls
-
-
 def _dino_knn_top1(xtr, ytr, xte, yte, k, temperature=0.07) -> float:
     """The DINO k-NN rule written directly in float64 NumPy."""
     xtr = np.asarray(xtr, np.float64)
