@@ -144,10 +144,11 @@ def _zoo(models: Sequence[Model], source: ImageSource) -> list[Model]:
 def run(models: Sequence[Model], source: ImageSource, need: Need, sinks: Sequence[Sink], *,
         indices: Iterable[int] | None = None, batch_size: int = 32, chunk_size: int | None = None,
         num_workers: int | None = None, device=None, amp: bool = False, progress: bool = True,
-        desc: str = "extracting") -> RunSummary:
+        desc: str = "extracting", bar=None) -> RunSummary:
     """Stream `source` (or its `indices`, in that order) through every model, calling each sink
     per batch. `need` names, per model and layer, the reductions computed inside the hooks, and
-    the per-image facts wanted (`Need.images`, `Need.windows`)."""
+    the per-image facts wanted (`Need.images`, `Need.windows`). `bar`: a progress bar to advance
+    (one spanning several calls); by default one of its own."""
     zoo = _zoo(models, source)
     device = resolve_device(device if device is not None or not zoo else zoo[0].device)
     for m in zoo:
@@ -167,7 +168,8 @@ def run(models: Sequence[Model], source: ImageSource, need: Need, sinks: Sequenc
     dataset = _Decoding(source, zoo, need)
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers,
                         collate_fn=_collate, pin_memory=device.type == "cuda")
-    bar = progress_bar(len(indices), progress, desc)
+    own_bar = bar is None
+    bar = progress_bar(len(indices), progress, desc) if own_bar else bar
     start = time.perf_counter()
     try:
         for items in loader:
@@ -184,7 +186,8 @@ def run(models: Sequence[Model], source: ImageSource, need: Need, sinks: Sequenc
             if batch.skipped:
                 bar.set_postfix(skipped=len(summary.skipped))
     finally:
-        bar.close()
+        if own_bar:
+            bar.close()
         summary.seconds = time.perf_counter() - start
     return summary
 

@@ -122,20 +122,24 @@ def run(models: Sequence[Model], source: ImageSource, sinks: Sequence[Sink], *,
                                                      batch_size, dtype)
     total = RunSummary(device="store" if stored is not None else "")
     step = every if checkpoint is not None else max(len(order), 1)
+    bar = progress_bar(len(order) + len(done), progress,
+                       desc + (" (from the store)" if stored is not None else ""))
+    bar.update(len(done))  # a resumed run shows what was done before
     try:
         for start in range(0, len(order), step):
             part = order[start:start + step]
             if stored is not None:
-                summary = _replay(stored, sinks, need, part, batch_size, progress, desc)
+                summary = _replay(stored, sinks, need, part, batch_size, bar)
             else:
                 summary = run_engine(used, source, need, list(sinks) + ([writer] if writer else []),
                                      indices=part, batch_size=batch_size, num_workers=num_workers,
-                                     device=device, amp=amp, progress=progress, desc=desc)
+                                     device=device, amp=amp, bar=bar)
             _add(total, summary)
             if checkpoint is not None:
                 done.update(part)
                 _save_checkpoint(Path(checkpoint), key, done, sinks)
     finally:
+        bar.close()
         if writer is not None:
             writer.close()
     return total
@@ -188,19 +192,15 @@ def _save_checkpoint(path: Path, key: str, done: set[int], sinks: Sequence[Sink]
 
 
 def _replay(store: Store, sinks, need: Need, indices: list[int], batch_size: int,
-            progress: bool, desc: str) -> RunSummary:
+            bar) -> RunSummary:
     log.info("reading the features from %s (no model runs)", store.path)
     summary = RunSummary(device="store")
-    bar = progress_bar(len(indices), progress, f"{desc} (from the store)")
-    try:
-        for batch in store.batches(need, indices=indices, batch_size=batch_size):
-            for sink in sinks:
-                sink.update(batch)
-            summary.images += len(batch.indices)
-            summary.skipped += batch.skipped
-            bar.update(len(batch.indices) + len(batch.skipped))
-    finally:
-        bar.close()
+    for batch in store.batches(need, indices=indices, batch_size=batch_size):
+        for sink in sinks:
+            sink.update(batch)
+        summary.images += len(batch.indices)
+        summary.skipped += batch.skipped
+        bar.update(len(batch.indices) + len(batch.skipped))
     return summary
 
 
