@@ -122,3 +122,42 @@ def test_a_drawing_model_runs_first_and_the_others_see_what_it_drew(tmp_path):
 def test_plan_batches_never_straddle_a_chunk():
     assert plan_batches(range(10), 4, chunk_size=6) == [[0, 1, 2, 3], [4, 5], [6, 7, 8, 9]]
     assert plan_batches([5, 1, 2], 2) == [[5, 1], [2]]
+
+
+@pytest.mark.parametrize("spec, head", [("timm:resnet18", "fc"),
+                                        ("timm:vit_tiny_patch16_224?img_size=32&patch_size=8"
+                                         "&depth=1", "head"),
+                                        ("torchvision:resnet18", "fc")])
+def test_a_classifier_head_gives_logits_and_its_input_the_penultimate_features(spec, head):
+    model = zoolens.load(spec, pretrained=False, device="cpu")
+    assert model.is_classifier and model.head == head
+    photos = _photos()
+    sink = Keep(Need({model.name: {OUTPUT: {"mean"}, head: {"input:none"}}}))
+    run([model], TensorSource(photos), sink.need, [sink], batch_size=3, num_workers=0,
+        progress=False)
+    (b,) = sink.batches
+    penultimate = b.features[model.name][head]["input:none"]
+    fc = dict(model.module.named_modules())[head]
+    with torch.no_grad():
+        torch.testing.assert_close(fc(penultimate), b.features[model.name][OUTPUT]["mean"])
+    assert penultimate.shape == (3, fc.in_features)
+    headless = zoolens.load("timm:resnet18?num_classes=0", pretrained=False, device="cpu")
+    assert not headless.is_classifier and headless.head is None
+
+
+def test_an_hf_image_classifier_keeps_its_head(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                    intermediate_size=64, image_size=32, patch_size=8,
+                                    num_labels=3, architectures=["ViTForImageClassification"])
+    torch.manual_seed(0)
+    transformers.ViTForImageClassification(config).save_pretrained(tmp_path)
+    model = zoolens.load(f"hf:{tmp_path}", device="cpu")
+    assert model.is_classifier and model.head == "classifier"
+    photos = _photos()
+    sink = Keep(Need({model.name: {OUTPUT: {"mean"}}}))
+    run([model], TensorSource(photos), sink.need, [sink], num_workers=0, progress=False)
+    x = torch.stack([model.preprocess(p) for p in photos])
+    with torch.no_grad():
+        torch.testing.assert_close(sink.batches[0].features[model.name][OUTPUT]["mean"],
+                                   model.module(pixel_values=x).logits)

@@ -39,7 +39,8 @@ def _pixel_forward(module, x):
 @register_source("hf")
 def hf_source(name: str, *, pretrained: bool = True, weights: str | None = None,
               **kwargs) -> AdapterResult:
-    from transformers import AutoConfig, AutoImageProcessor, AutoModel
+    from transformers import (AutoConfig, AutoImageProcessor, AutoModel,
+                              AutoModelForImageClassification)
 
     from ..errors import UnknownModelError
 
@@ -58,10 +59,14 @@ def hf_source(name: str, *, pretrained: bool = True, weights: str | None = None,
                                     "Hub repo id like facebook/dinov2-small or a local folder") from exc
         if config.model_type == "vit_mae":
             config.mask_ratio = 0.0  # MAE masks 75% of patches at random by default: see them all
+        # A checkpoint with an image-classification head keeps it: its output is the logits.
+        classifier = any(a.endswith("ForImageClassification")
+                         for a in (getattr(config, "architectures", None) or []))
+        auto = AutoModelForImageClassification if classifier else AutoModel
         if pretrained or weights:
-            model = AutoModel.from_pretrained(weights or name, config=config)
+            model = auto.from_pretrained(weights or name, config=config)
         else:
-            model = AutoModel.from_config(config)
+            model = auto.from_config(config)
         try:
             preprocess = _HFPreprocess(AutoImageProcessor.from_pretrained(name))
         except (OSError, ValueError):  # a bare config (tests, custom models): ImageNet defaults
@@ -81,5 +86,6 @@ def hf_source(name: str, *, pretrained: bool = True, weights: str | None = None,
         forward=_image_features if is_dual else _pixel_forward,
         prefix_tokens=prefix,
         patch_grid=grid,
+        classifier=classifier,
         meta={"model_type": config.model_type, "weights": weights or (name if pretrained else None)},
     )

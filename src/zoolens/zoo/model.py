@@ -81,6 +81,18 @@ class Model:
             return self.adapter.forward(self.module, x)
         return self.module(x)
 
+    @property
+    def head(self) -> str | None:
+        """For a classifier (`adapter.classifier`), the Linear module whose output is the
+        logits: its weight and bias, and its input (the penultimate features, the engine's
+        "input:none" reduction), are what ViM needs. None otherwise."""
+        self._layer_infos  # noqa: B018 - the dry run finds it
+        return self._head if self.adapter.classifier else None
+
+    @property
+    def is_classifier(self) -> bool:
+        return bool(self.adapter.classifier)
+
     @cached_property
     def module_names(self) -> frozenset[str]:
         return frozenset(n for n, _ in self.module.named_modules())
@@ -90,17 +102,23 @@ class Model:
         """Every submodule's output, described from one dry run on a blank batch."""
         outputs: dict[str, torch.Tensor] = {}
         calls: dict[str, int] = {}
+        last: dict[str, torch.Tensor] = {}  # each module's latest output object
 
         def record(name, out):
             t = first_tensor(out)
             if t is not None:
                 outputs[name] = t.detach()  # a re-call keeps its first-call position
                 calls[name] = calls.get(name, 0) + 1
+                last[name] = t
 
         names = [n for n, _ in self.module.named_modules() if n]
         x = torch.zeros(_DRY_RUN_BATCH, *self.input_shape, device=self.device)
         with torch.no_grad(), hooks(self.module, names, record):
             result = first_tensor(self.forward(x))
+        modules = dict(self.module.named_modules())
+        # the classifier's head: the Linear module that returned the very tensor forward did
+        self._head = next((n for n in reversed(list(last)) if last[n] is result
+                           and isinstance(modules[n], torch.nn.Linear)), None)
         if OUTPUT not in self.module_names and result is not None:  # the forward output, last
             outputs[OUTPUT], calls[OUTPUT] = result.detach(), 1
         a = self.adapter

@@ -61,6 +61,7 @@ class AdapterResult:
     channels_last: bool = False  # 4D maps are (B, H, W, C) (timm swin-like models)
     latent_shape: tuple[int, ...] | None = None  # a generator: input is a latent, not an image
     output_range: tuple[float, float] = (-1.0, 1.0)  # a generator's image value range
+    classifier: bool = False  # the forward output is class logits (a classification head)
     meta: dict = field(default_factory=dict)  # anything worth recording (weights, config)
 
 

@@ -55,5 +55,6 @@ def timm_source(name: str, *, pretrained: bool = True, weights: str | None = Non
         prefix_tokens=int(getattr(model, "num_prefix_tokens", 0)),
         patch_grid=tuple(grid) if grid is not None else None,
         channels_last=getattr(model, "output_fmt", "NCHW") == "NHWC",
+        classifier=int(getattr(model, "num_classes", 0) or 0) > 0,
         meta={"data_config": {k: v for k, v in config.items()}, "weights": weights},
     )

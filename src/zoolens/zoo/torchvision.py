@@ -58,5 +58,6 @@ def torchvision_source(name: str, *, pretrained: bool = True, weights: str | Non
         prefix_tokens=prefix,
         patch_grid=grid,
         channels_last=name.startswith("swin"),  # torchvision Swin stages are (B, H, W, C)
+        classifier=True,  # the classification models: the forward output is the logits
         meta={"weights": weights or (str(default_weights) if use_hub else None)},
     )
