@@ -22,15 +22,16 @@ def test_top_k_similar_exact_with_ties():
     # Small integers: every float32 product is exact, so ties are exact and the float64
     # reference ranks the same numbers.
     base = rng.integers(-2, 3, size=(3000, 6)).astype(np.float32)
-    queries = rng.integers(-2, 3, size=(40, 6)).astype(np.float32)
+    queries = rng.integers(-2, 3, size=(24, 6)).astype(np.float32)
     for k in (1, 3, 17, 30):  # 3000 columns: up to k = 22 the pruned top-k, then torch.topk
         sims, idx = top_k_similar(queries, base, k, device="cpu")
         ref_sims, ref_idx = _ref_top_k(queries, base, k)
         np.testing.assert_array_equal(idx, ref_idx)
         np.testing.assert_array_equal(sims, ref_sims)
-        for chunk in (1, 7):
-            np.testing.assert_array_equal(top_k_similar(queries, base, k, chunk_size=chunk,
-                                                        device="cpu")[1], ref_idx)
+    ref_idx = _ref_top_k(queries, base, 3)[1]
+    for chunk in (1, 7):
+        idx = top_k_similar(queries, base, 3, chunk_size=chunk, device="cpu")[1]
+        np.testing.assert_array_equal(idx, ref_idx)
 
 
 def test_top_k_similar_normalize():
@@ -61,17 +62,22 @@ def test_top_k_similar_caps_k_and_validates():
     assert top_k_similar(np.zeros((0, 3)), base, 2)[0].shape == (0, 2)
 
 
-@pytest.mark.parametrize("n", [1024, 4099, 20000])
-def test_pruned_top_k_exact(n):
+@pytest.mark.parametrize("n, threads", [(1024, 1), (4099, 2), (20000, 2)])
+def test_pruned_top_k_exact(n, threads):
     rng = np.random.default_rng(n)
-    rows = [rng.normal(size=(5, n)), rng.integers(-3, 4, size=(5, n)),  # heavy ties
-            np.full((2, n), 1.5)]                                          # all equal
+    rows = [rng.normal(size=(140, n)), rng.integers(-3, 4, size=(5, n)),  # heavy ties
+            np.full((2, n), 1.5)]                                            # all equal
     x = torch.from_numpy(np.concatenate(rows).astype(np.float32))
-    for k in (1, 4, 8, (n // 64) // 2):  # the largest k that is still pruned
-        vals, idx = top_k_per_row(x, k)
-        np.testing.assert_array_equal(vals.numpy(), -np.sort(-x.numpy(), axis=1)[:, :k])
-        np.testing.assert_array_equal(torch.gather(x, 1, idx), vals)
-        assert all(len(set(row.tolist())) == k for row in idx)  # distinct columns
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # 147 rows: two row slices in parallel with 2 threads
+    try:
+        for k in (1, 4, 8, (n // 64) // 2):  # the largest k that is still pruned
+            vals, idx = top_k_per_row(x, k)
+            np.testing.assert_array_equal(vals.numpy(), -np.sort(-x.numpy(), axis=1)[:, :k])
+            np.testing.assert_array_equal(torch.gather(x, 1, idx), vals)
+            assert all(len(set(row.tolist())) == k for row in idx)  # distinct columns
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_stable_topk_boundaries_with_pruning():

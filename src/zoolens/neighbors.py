@@ -37,6 +37,7 @@ import functools
 import platform
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -58,6 +59,9 @@ _CHUNK_BYTES_CUDA = 1024 * 2**20
 _GROUP = 8
 _SUPER = 8
 _PRUNE_MIN = 2
+
+# Rows of a block per thread of the pruned top-k (fewer rows: one thread).
+_ROWS_PER_THREAD = 64
 
 # Multiply-adds from which a CPU block may go to torch's MKL (`_matmul_into`); below, thread
 # start-up can cost more than the product.
@@ -191,14 +195,26 @@ def top_k_per_row(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
         exact; the order of equal values (and which of several equal values at the k-th place
         is kept) is unspecified: `_stable_topk` and `top_k_similar` fix it.
     """
-    n = block.shape[1]
+    rows, n = block.shape
     if not 1 <= k <= n:
         raise InputError(f"k: expected 1 <= k <= {n}, got {k}")
-    if block.device.type == "cpu" and block.dtype == torch.float32 \
-            and (n // _GROUP) // _SUPER >= max(_PRUNE_MIN * k, _SUPER):
-        vals, idx = _pruned_top_k(block.numpy(), k)
-        return torch.from_numpy(vals), torch.from_numpy(idx)
-    return torch.topk(block, k, dim=1, largest=True, sorted=True)
+    if not (block.device.type == "cpu" and block.dtype == torch.float32
+            and (n // _GROUP) // _SUPER >= max(_PRUNE_MIN * k, _SUPER)):
+        return torch.topk(block, k, dim=1, largest=True, sorted=True)
+    x = block.numpy()
+    threads = min(torch.get_num_threads(), rows // _ROWS_PER_THREAD)
+    if threads <= 1:
+        vals, idx = _pruned_top_k(x, k)
+    else:
+        # NumPy releases the GIL in these loops: row slices run in parallel, like torch.topk's
+        # intra-op threads would.
+        cuts = np.linspace(0, rows, threads + 1).astype(int)
+        with ThreadPoolExecutor(threads) as pool:
+            parts = list(pool.map(lambda i: _pruned_top_k(x[cuts[i]:cuts[i + 1]], k),
+                                  range(threads)))
+        vals = np.concatenate([p[0] for p in parts])
+        idx = np.concatenate([p[1] for p in parts])
+    return torch.from_numpy(vals), torch.from_numpy(idx)
 
 
 def _stable_topk(buf: torch.Tensor, kmax: int, boundaries: Sequence[int]) -> torch.Tensor:
@@ -261,7 +277,8 @@ def top_k_similar(queries, base, k: int, *, normalize: bool = False,
     if chunk < 1:
         raise InputError(f"chunk_size: expected a positive integer, got {chunk_size}")
     if normalize:
-        qt, bt = _normalize(q, "queries", dev, stacklevel=3), _normalize(b, "base", dev, stacklevel=3)
+        qt = _normalize(q, "queries", dev, stacklevel=3)
+        bt = _normalize(b, "base", dev, stacklevel=3)
     else:
         qt = torch.from_numpy(q if q.flags.writeable else q.copy()).to(dev)
         bt = torch.from_numpy(b if b.flags.writeable else b.copy()).to(dev)

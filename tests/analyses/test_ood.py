@@ -104,8 +104,9 @@ def _quiet(fn, *args, **kwargs):
 def test_knn_matches_reference(n_train, dim, k):
     rng = np.random.default_rng(n_train + dim + k)
     means = rng.normal(size=(6, dim))
-    train = (means[rng.integers(0, 6, n_train)] + rng.normal(size=(n_train, dim))).astype(np.float32)
-    test = (means[rng.integers(0, 6, 60)] + rng.normal(size=(60, dim))).astype(np.float32)
+    train = means[rng.integers(0, 6, n_train)] + rng.normal(size=(n_train, dim))
+    test = means[rng.integers(0, 6, 60)] + rng.normal(size=(60, dim))
+    train, test = train.astype(np.float32), test.astype(np.float32)
     np.testing.assert_allclose(knn(train, test, k, device="cpu"), ref_knn(train, test, k),
                                rtol=1e-9, atol=1e-12)
 
@@ -142,9 +143,10 @@ def test_knn_exact_where_float32_ranking_is_not():
 
 def test_knn_zero_rows():
     rng = np.random.default_rng(3)
-    train = rng.normal(size=(10, 5))
+    train = rng.normal(size=(10, 5)).astype(np.float32)
     train[[1, 4, 8]] = 0.0
-    test = rng.normal(size=(6, 5))
+    train[6] *= 1e-39  # subnormal in float32, but a direction all the same
+    test = rng.normal(size=(6, 5)).astype(np.float32)
     test[[0, 3]] = 0.0
     for k in range(1, 11):  # every case of merging the 3 zero rows with the 7 others
         with pytest.warns(UserWarning, match="all-zero"):

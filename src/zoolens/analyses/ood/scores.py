@@ -88,10 +88,11 @@ def _unit_rows(x: np.ndarray, norms: np.ndarray, device: torch.device) -> torch.
     """float32 unit rows on `device`, each component within (2u + u^2) of x / |x|: float32 rows
     times fl32(1 / |x|) (two roundings, cheaper than a float64 pass), float64 rows scaled in
     float64 and rounded once."""
-    if x.dtype == np.float64:
-        unit = (x * (1.0 / norms)[:, None]).astype(np.float32)
+    scale = 1.0 / norms
+    if x.dtype == np.float64 or scale.max() > 1e30:  # 1/|x| of a subnormal row: no float32
+        unit = (x * scale[:, None]).astype(np.float32)
     else:
-        unit = x * (1.0 / norms).astype(np.float32)[:, None]
+        unit = x * scale.astype(np.float32)[:, None]
     return torch.from_numpy(unit).to(device)
 
 
