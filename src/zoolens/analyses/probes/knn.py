@@ -14,13 +14,10 @@ Differences from the reference code, all on purpose (see DESIGN.md "Edge cases")
   (a stable ranking), equal class votes by the lower class index.
 - Many k are served by ONE top-``max(k)`` search sliced per k (as `KnnModule` does).
 
-Similarities are float32 matrix products over chunks of queries, written into one reused
-buffer, so memory is O(chunk_size * n_train); the search is exact. On CUDA the product is
-``torch.mm``. On CPU it is NumPy's ``matmul`` into the same (shared-memory) buffer: the PyTorch
-wheels' MKL sgemm runs about 1.4x slower per core than NumPy's OpenBLAS on AMD CPUs (measured:
-1.5 vs 1.05 CPU-seconds for a 1342 x 768 x 50,000 product on an AVX-512 EPYC), and the product
-is nearly all of the cost. Everything else (top-k, votes) stays in torch. NumPy's BLAS threads
-follow OMP_NUM_THREADS / OPENBLAS_NUM_THREADS, not ``torch.set_num_threads``.
+The search is `zoolens.neighbors` (shared with the OOD k-NN score and the data tools): float32
+similarity products over chunks of queries, written into one reused buffer, so memory is
+O(chunk_size * n_train), and an exact top-k per row; see that module for the CPU/CUDA choices.
+Votes stay in torch.
 """
 
 from __future__ import annotations
@@ -36,6 +33,8 @@ import torch
 
 from ..._validation import as_features, as_labels
 from ...errors import InputError, NotFittedError
+from ...neighbors import _normalize, _stable_topk, similarity_blocks
+from ...neighbors import default_chunk_size as _default_chunk
 from ...zoo.registry import resolve_device
 
 __all__ = [
@@ -46,11 +45,6 @@ __all__ = [
     "KNNProbe",
     "KNNResult",
 ]
-
-# Bytes of float32 similarities held per chunk when `chunk_size` is None (about 256 MiB on CPU):
-# big enough that BLAS runs at full speed, small enough to leave memory for everything else.
-_CHUNK_BYTES_CPU = 256 * 2**20
-_CHUNK_BYTES_CUDA = 1024 * 2**20
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,18 +113,6 @@ def _lookup(classes: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 # Core
 # --------------------------------------------------------------------------------------------
 
-def _normalize(x: np.ndarray, name: str, device: torch.device, stacklevel: int = 4) -> torch.Tensor:
-    """Unit-norm float32 rows on `device`; zero rows stay zero (similarity 0 to everything)."""
-    # from_numpy shares memory (no copy); it warns on read-only arrays, so copy those.
-    t = torch.from_numpy(x if x.flags.writeable else x.copy()).to(device)
-    norms = torch.linalg.vector_norm(t, dim=1)
-    n_zero = int((norms == 0).sum())
-    if n_zero:
-        warnings.warn(f"{name}: {n_zero} all-zero row(s) have no direction; their cosine "
-                      f"similarity is 0 to everything", stacklevel=stacklevel)
-    return t / norms.clamp_min(torch.finfo(t.dtype).tiny).unsqueeze(1)
-
-
 def _encode_labels(train_labels: np.ndarray,
                    num_classes: int | None) -> tuple[np.ndarray, np.ndarray]:
     """(classes, codes): column value of each class and each train label's column index."""
@@ -166,66 +148,21 @@ def _resolve_ks(k, n_train: int, stacklevel: int = 4) -> tuple[list[int], dict[i
     return ks, {kk: min(kk, n_train) for kk in ks}
 
 
-def _default_chunk(n_train: int, device: torch.device) -> int:
-    budget = _CHUNK_BYTES_CUDA if device.type == "cuda" else _CHUNK_BYTES_CPU
-    return int(min(4096, max(64, budget // (4 * max(n_train, 1)))))
-
-
-def _stable_topk(buf: torch.Tensor, kmax: int, boundaries: Sequence[int]) -> torch.Tensor:
-    """Indices (rows, kmax) of the largest entries per row, ordered so that every prefix of
-    length k in `boundaries` is the top-k set with ties broken by the lower column index.
-
-    One `torch.topk` of kmax + 1 finds the rows where a boundary is tied (the k-th and (k+1)-th
-    values are equal); only those rows are re-ranked with a full stable sort, which is rare on
-    real features.
-    """
-    n = buf.shape[1]
-    take = min(kmax + 1, n)
-    vals, idx = torch.topk(buf, take, dim=1, largest=True, sorted=True)
-    tied = torch.zeros(buf.shape[0], dtype=torch.bool, device=buf.device)
-    for k in boundaries:
-        if k < take:
-            tied |= vals[:, k - 1] == vals[:, k]
-    # Inside the selection, order among equal values matters only at a boundary (handled above);
-    # votes are sums, so the order of the rest is irrelevant.
-    idx = idx[:, :kmax]
-    if bool(tied.any()):
-        rows = tied.nonzero().squeeze(1)
-        # A descending stable sort keeps equal values in index order: lower index first.
-        _, full = torch.sort(buf[rows], dim=1, descending=True, stable=True)
-        idx[rows] = full[:, :kmax]
-    return idx
-
-
-def _matmul_into(q: torch.Tensor, train_t: torch.Tensor, out: torch.Tensor) -> None:
-    """out = q @ train_t.T in float32, into a reused buffer (no page faults per chunk)."""
-    if out.device.type == "cpu":
-        # Shared memory both ways: no copies. See the module notes for why NumPy on CPU.
-        np.matmul(q.numpy(), train_t.numpy().T, out=out.numpy())
-    else:
-        torch.mm(q, train_t.T, out=out)
-
-
 def _iter_votes(train_t: torch.Tensor, codes_t: torch.Tensor, num_classes: int, test: np.ndarray,
                 eff_ks: Sequence[int], temperature: float, chunk_size: int,
                 device: torch.device) -> Iterator[tuple[int, dict[int, torch.Tensor]]]:
     """Yield (start row, {effective k: (rows, C) float64 votes on device}) per query chunk."""
-    n = train_t.shape[0]
     ks = sorted(set(eff_ks))
     kmax = ks[-1]
     test_t = _normalize(test, "test", device)
-    m = test_t.shape[0]
-    buf = torch.empty((min(chunk_size, m), n), dtype=torch.float32, device=device)
-    for start in range(0, m, chunk_size):
-        q = test_t[start:start + chunk_size]
-        sims = buf[: q.shape[0]]
-        _matmul_into(q, train_t, sims)
+    for start, sims in similarity_blocks(test_t, train_t, chunk_size):
+        rows = sims.shape[0]
         idx = _stable_topk(sims, kmax, ks)
         top = torch.gather(sims, 1, idx).double()
         # Shift by the row maximum: exp never overflows; argmax and ranking are unchanged.
         weights = torch.exp((top - top[:, :1]) / temperature)
         neigh = codes_t[idx]
-        votes = torch.zeros((q.shape[0], num_classes), dtype=torch.float64, device=device)
+        votes = torch.zeros((rows, num_classes), dtype=torch.float64, device=device)
         out, done = {}, 0
         for k in ks:  # grow the vote from the previous k: one top-k, sliced per k
             votes.scatter_add_(1, neigh[:, done:k], weights[:, done:k])
