@@ -13,7 +13,7 @@ from zoolens.engine import plan_batches, run
 from zoolens.sinks import Need, Sink
 from zoolens.sources import TensorSource
 from zoolens.sources.generated import GeneratedImages
-from zoolens.taps import OUTPUT
+from zoolens.taps import OUTPUT, PENULTIMATE
 
 
 class Keep(Sink):
@@ -132,11 +132,14 @@ def test_a_classifier_head_gives_logits_and_its_input_the_penultimate_features(s
     model = zoolens.load(spec, pretrained=False, device="cpu")
     assert model.is_classifier and model.head == head
     photos = _photos()
-    sink = Keep(Need({model.name: {OUTPUT: {"mean"}, head: {"input:none"}}}))
+    sink = Keep(Need({model.name: {OUTPUT: {"mean"}, PENULTIMATE: {"mean"},
+                                   head: {"input:none"}}}))
     run([model], TensorSource(photos), sink.need, [sink], batch_size=3, num_workers=0,
         progress=False)
     (b,) = sink.batches
-    penultimate = b.features[model.name][head]["input:none"]
+    penultimate = b.features[model.name][PENULTIMATE]["mean"]
+    torch.testing.assert_close(penultimate, b.features[model.name][head]["input:none"])
+    assert [i.name for i in model.layers()][-2:] == [PENULTIMATE, OUTPUT]
     fc = dict(model.module.named_modules())[head]
     with torch.no_grad():
         torch.testing.assert_close(fc(penultimate), b.features[model.name][OUTPUT]["mean"])

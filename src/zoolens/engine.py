@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from .errors import InputError
 from .sinks import Batch, Need, Sink
 from .sources import BadImage, ImageSource
-from .taps import OUTPUT, first_tensor, hooks, pool
+from .taps import OUTPUT, PENULTIMATE, first_tensor, hooks, pool
 from .zoo.model import Model
 from .zoo.registry import resolve_device
 from .zoo.window import WindowProbe
@@ -235,25 +235,32 @@ def _forward(model: Model, x: torch.Tensor, wanted: dict[str, set[str]], infos, 
     """One model on one batch; each tapped output (or input) is reduced inside its hook.
     Returns (taps: layer -> reduction -> tensor, the model's output)."""
     out: dict[str, dict[str, torch.Tensor]] = {}
-    pseudo = OUTPUT in wanted and OUTPUT not in model.module_names  # the forward's own output
-    outputs = [n for n, hows in wanted.items() if not (pseudo and n == OUTPUT) and any(
+    # the forward's own output, and a classifier head's input, are layers no module outputs
+    pseudo = {n for n in (OUTPUT, PENULTIMATE) if n in wanted and n not in model.module_names}
+    outputs = [n for n, hows in wanted.items() if n not in pseudo and any(
         not h.startswith("input:") for h in hows)]
-    inputs = [n for n, hows in wanted.items() if any(h.startswith("input:") for h in hows)]
+    inputs: dict[str, list[tuple[str, list[str]]]] = {}  # module -> [(tap, reductions)]
+    for n, hows in wanted.items():
+        if n not in pseudo and any(h.startswith("input:") for h in hows):
+            inputs.setdefault(n, []).append(
+                (n, [h for h in hows if h.startswith("input:")]))
+    if PENULTIMATE in pseudo:
+        inputs.setdefault(model.head, []).append((PENULTIMATE, sorted(wanted[PENULTIMATE])))
 
     def reduce(name, output):
         t = first_tensor(output)
         out.setdefault(name, {}).update(
             {how: pool(t, infos[name], how) for how in wanted[name] if not how.startswith("input:")})
 
-    def reduce_input(name, tensor):
-        out.setdefault(name, {}).update(
-            {how: pool(tensor, infos[name], how.split(":", 1)[1]) for how in wanted[name]
-             if how.startswith("input:")})
+    def reduce_input(module, tensor):
+        for tap, hows in inputs[module]:
+            out.setdefault(tap, {}).update(
+                {how: pool(tensor, infos[tap], how.removeprefix("input:")) for how in hows})
 
     with torch.inference_mode(), autocast, hooks(model.module, outputs, reduce,
-                                                 input_names=inputs, input_fn=reduce_input):
+                                                 input_names=list(inputs), input_fn=reduce_input):
         result = model.forward(x)
-    if pseudo:
+    if OUTPUT in pseudo:
         reduce(OUTPUT, result)
     return out, result
 

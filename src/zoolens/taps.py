@@ -22,7 +22,8 @@ from torch import nn
 
 from .errors import InputError, UnknownLayerError
 
-__all__ = ["TapInfo", "POOLS", "REDUCTIONS", "OUTPUT", "first_tensor", "describe_output",
+__all__ = ["TapInfo", "POOLS", "REDUCTIONS", "OUTPUT", "PENULTIMATE", "first_tensor",
+           "describe_output",
            "to_uniform", "pool", "pooled_shape", "effective_pool", "find_blocks", "select_layers",
            "hooks"]
 
@@ -31,8 +32,10 @@ POOLS = ("mean", "cls", "none")  # what a layer is stored as: pooled vector or f
 # sequence batch first ("tokens", prefix tokens included), or the same of the module's input
 # ("input:tokens"; what an nn.MultiheadAttention computes its queries and keys from).
 REDUCTIONS = POOLS + ("tokens", "input:tokens")
-# The model's forward output (logits, an image embedding) as a tappable layer of its own.
+# The model's forward output (logits, an image embedding) as a tappable layer of its own, and,
+# for a classifier, its head's input: the penultimate features.
 OUTPUT = "output"
+PENULTIMATE = "penultimate"
 
 
 @dataclass(frozen=True)

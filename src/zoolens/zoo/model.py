@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..taps import OUTPUT, TapInfo, describe_output, find_blocks, first_tensor, hooks, select_layers
+from ..taps import (OUTPUT, PENULTIMATE, TapInfo, describe_output, find_blocks, first_tensor, hooks,
+                    select_layers)
 from ..errors import InputError
 from .registry import AdapterResult
 
@@ -84,8 +85,8 @@ class Model:
     @property
     def head(self) -> str | None:
         """For a classifier (`adapter.classifier`), the Linear module whose output is the
-        logits: its weight and bias, and its input (the penultimate features, the engine's
-        "input:none" reduction), are what ViM needs. None otherwise."""
+        logits: its weight and bias, and its input (the `penultimate` layer), are what ViM
+        needs. None otherwise."""
         self._layer_infos  # noqa: B018 - the dry run finds it
         return self._head if self.adapter.classifier else None
 
@@ -111,14 +112,23 @@ class Model:
                 calls[name] = calls.get(name, 0) + 1
                 last[name] = t
 
+        inputs: dict[str, torch.Tensor] = {}
+
+        def record_input(name, t):
+            if t is not None:
+                inputs[name] = t.detach()
+
         names = [n for n, _ in self.module.named_modules() if n]
+        linear = [n for n, m in self.module.named_modules() if isinstance(m, torch.nn.Linear)]
         x = torch.zeros(_DRY_RUN_BATCH, *self.input_shape, device=self.device)
-        with torch.no_grad(), hooks(self.module, names, record):
+        with torch.no_grad(), hooks(self.module, names, record, input_names=linear,
+                                    input_fn=record_input):
             result = first_tensor(self.forward(x))
-        modules = dict(self.module.named_modules())
         # the classifier's head: the Linear module that returned the very tensor forward did
         self._head = next((n for n in reversed(list(last)) if last[n] is result
-                           and isinstance(modules[n], torch.nn.Linear)), None)
+                           and n in linear), None)
+        if self.adapter.classifier and self._head and PENULTIMATE not in self.module_names:
+            outputs[PENULTIMATE], calls[PENULTIMATE] = inputs[self._head], 1  # its input
         if OUTPUT not in self.module_names and result is not None:  # the forward output, last
             outputs[OUTPUT], calls[OUTPUT] = result.detach(), 1
         a = self.adapter
