@@ -16,33 +16,36 @@ any centre ``c`` the triangle inequality gives::
 and ``cos(x, y) > t``  <=>  ``ang(x, y) < alpha := arccos(t)``.
 
 1. Rows are clustered on the sphere (seeded spherical k-means on a subsample, then every row is
-   assigned to its most similar centroid ``c_b``). Each row gets its angle to its own centroid,
-   and each cluster its radius ``r_b`` = the largest such angle.
-2. A pair (x, y) with y in cluster b can only exceed t if, by (1),
-   ``ang(x, c_b) < alpha + r_b``. So for cluster b only the rows x passing that test
-   (candidate rows, found with one pass of rows x centroids products) are compared with b's
-   members. Each cross-cluster pair passes the test for both clusters, so it is searched only
-   from the cluster with the larger index. Pairs inside a cluster are searched once (i < j).
-3. Inside one comparison, rows and members are sorted by their angle to ``c_b``; a tile of rows
-   is compared only with the members whose angle interval is within ``alpha`` of the tile's
-   (again (1)), so thick clusters are cut further.
-4. Within the surviving tiles, similarities are float32 matrix products over blocks sized from
-   a byte budget; every entry above ``t - eps`` is recomputed in float64 and kept if it exceeds
-   ``t``. The output therefore equals the float64 all-pairs reference.
+   assigned to its most similar centroid ``c_b``). Each row gets its angle to its own centroid;
+   each cluster its radius ``r_b`` (the largest such angle) and an order of its members by
+   increasing angle.
+2. Pairs inside a cluster: a tile of members (in that order) is compared only with the members
+   after it whose angle to the centroid is below the tile's largest plus ``alpha``, by (1) (a
+   contiguous range of the order); each pair once (i < j).
+3. Pairs across clusters: one pass of rows x centroids products finds, for every cluster b, the
+   rows x of clusters below b with ``ang(x, c_b) < alpha + r_b``; by (1) no other row can have
+   a partner in b (each cross pair passes the test for both of its clusters, so it is searched
+   from the larger one only). Those candidate rows, sorted by their angle to ``c_b``, are
+   compared tile by tile with the members whose angle lies within ``alpha`` of the tile's
+   (again a contiguous range).
+4. Similarities are float32 matrix products of those blocks (sized from a byte budget); every
+   entry above ``t - eps`` is recomputed in float64 from the caller's rows and kept if it
+   exceeds ``t``. The output therefore equals the float64 all-pairs reference.
 
-Float32 rounding never loses a pair: ``eps = cosine_error_bound(d)`` bounds the gap between a
-float32 cosine of the scaled rows and the exact cosine (``gamma_d (1 + 4u)^2 + 8u`` with
-``u = 2^-24``, ``gamma_d = d u / (1 - d u)``: the dot-product error for unit vectors, plus the
-rounding of the scaling and of the centroid to float32), and every angle used in a bound is an
-interval ``[arccos(s + eps), arccos(s - eps)]`` around the computed cosine ``s``. A tile or a
-candidate is skipped only when the lower bound of (1) over those intervals is at least
-``alpha`` (plus 1e-9 rad for float64 arccos); so a pair with exact cosine above t is always
-computed, and always rechecked.
+Rounding never loses a pair. ``eps = cosine_error_bound(d)`` bounds the gap between a float32
+cosine of unit-scaled rows and the exact cosine: the float32 dot-product error
+``gamma_d |a||b|`` (``gamma_d = d u / (1 - d u)``, ``u = 2^-24``) plus the distance of each
+scaled row, and of each float32 centroid, from the exact unit vector. Every angle in a bound is
+the interval ``[arccos(s + eps), arccos(s - eps)]`` around a computed cosine ``s``, and a row
+or member is skipped only when the lower bound of (1) over those intervals is at least
+``alpha`` (plus 1e-9 rad for float64 ``arccos``). So a pair with exact cosine above t is always
+computed, kept (its float32 cosine is above ``t - eps``) and decided in float64.
 
-Memory: the rows are read in place (float32; a float64 input is copied once to float32 and kept
-for the float64 recheck), plus O(n) per-row numbers (labels, angles, order: ~40 bytes a row),
-score blocks of `block_bytes`, and candidate lists of at most 4 * `block_bytes` (more
-candidates than that are handled by further passes over groups of clusters).
+Memory: the caller's rows are read in place (a float64 input is also copied once to float32),
+plus O(n) per-row numbers (labels, angles, order: ~50 bytes a row), score blocks of
+`block_bytes`, and a candidate table of at most 4 * `block_bytes` (8 bytes a candidate row;
+more candidates than that are handled by further scans over runs of clusters). Rows are
+gathered and scaled tile by tile; nothing of size n x n or n x d is allocated.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 from scipy.sparse import coo_matrix
@@ -69,19 +72,22 @@ __all__ = ["KEEP_RULES", "DuplicatePairs", "ReferenceMatches", "DedupResult",
 KEEP_RULES = ("centroid", "first", "resolution")
 _U = 2.0 ** -24          # float32 unit roundoff
 _ANGLE_SLACK = 1e-9      # radians: float64 arccos / comparison rounding in the bounds
-_OWN_TILE = 256          # rows per tile inside a cluster: small enough for the i < j triangle
-_CROSS_TILE = 1024       # rows per tile of candidate rows against a cluster
+_TILE = 256              # rows per tile inside a cluster: small enough for the i < j triangle
+_CROSS_TILE = 1024       # candidate rows per tile against a cluster
 
 
 def cosine_error_bound(d: int) -> float:
     """Bound on |float32 cosine of unit-scaled rows - exact cosine| for `d` features.
 
-    The rows are scaled in float32 by a float32 inverse norm (two roundings per entry, or three
-    for a float64 input), so each scaled row is within ``3u + O(u^2)`` of the exact unit vector;
-    the float32 dot product of vectors of norm <= 1 + 4u adds at most ``gamma_d (1 + 4u)^2``.
+    Each row is scaled in float32 by a float32 inverse norm (two roundings per entry, three for
+    a float64 input), so it lies within ``e = 3u + O(u^2)`` of the exact unit vector
+    (``u = 2^-24``); then ``|a . b - x . y| <= 2e + e^2`` and the float32 dot product adds at most
+    ``gamma_d |a| |b|``, ``gamma_d = d u / (1 - d u)``. Centroids are float32 roundings of unit
+    vectors, within ``u``, so the same bound covers a row . centroid product.
     """
+    e = 3.0 * _U + 3.0 * _U ** 2
     g = d * _U / (1.0 - d * _U)
-    return 1.01 * (g * (1.0 + 4.0 * _U) ** 2 + 8.0 * _U) + 1e-12
+    return 1.01 * (g * (1.0 + e) ** 2 + 2.0 * e + e * e) + 1e-12
 
 
 # ----------------------------------------------------------------------------------------------
@@ -100,7 +106,7 @@ class DuplicatePairs(ResultMixin):
     n : number of rows searched.
     stats : how much work the pruning saved: ``n_clusters``, ``entries_computed`` (similarities
         computed) against ``all_pairs`` = n (n - 1) / 2, ``candidate_rows`` (row-cluster tests
-        passed), ``candidate_passes``, ``rechecked`` (entries recomputed in float64).
+        passed), ``rechecked`` (entries recomputed in float64).
     seconds : wall time per phase (kept apart from `stats`, which repeats exactly).
     """
 
@@ -208,14 +214,20 @@ def _as_rows(x, name: str) -> _Rows:
 class _Index:
     rows: _Rows
     centroids: np.ndarray   # (k, d) float32 unit (to float32 rounding)
-    labels: np.ndarray      # (n,) int64
-    order: np.ndarray       # (n,) rows grouped by cluster, each by increasing `lo`
-    starts: np.ndarray      # (k + 1,) cluster b is order[starts[b]:starts[b + 1]]
-    lo: np.ndarray          # (n,) float64 lower bound of the angle to the own centroid
-    hi: np.ndarray          # (n,) float64 upper bound
+    labels: np.ndarray      # (n,) int64 cluster of every row
+    order: np.ndarray       # (n,) sorted position -> row: by cluster, then increasing angle
+    starts: np.ndarray      # (k + 1,) cluster b holds sorted positions starts[b]:starts[b + 1]
+    lo: np.ndarray          # (n,) float64, sorted order: lower bound of the angle to the centroid
+    hi: np.ndarray          # (n,) float64, sorted order: upper bound
+    key_lo: np.ndarray      # (n,) 4 * cluster + lo: increasing over all sorted positions
+    key_hi: np.ndarray      # (n,) 4 * cluster + running max of hi in the cluster: increasing
     radius: np.ndarray      # (k,) float64 max `hi` per cluster (-inf if empty)
-    eps: float
+    eps: float              # error bound of a float32 cosine of unit-scaled rows
     block_bytes: int
+
+    def members(self, b: int, j0: int, j1: int) -> np.ndarray:
+        """float32 unit rows of sorted positions j0:j1 (inside cluster b)."""
+        return self.rows.unit(self.order[j0:j1])
 
 
 def _angles(s: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
@@ -243,7 +255,7 @@ def _build_index(rows: _Rows, n_clusters: int | None, seed: int | None, n_iter: 
                 seed=int(rng.integers(2**63)), block_bytes=block_bytes)
     centroids = km.centroids.astype(np.float32)
     t1 = time.perf_counter()
-    eps = cosine_error_bound(d)
+    eps32 = cosine_error_bound(d)
     labels = np.empty(n, dtype=np.int64)
     own = np.empty(n, dtype=np.float32)
     per = max(1, block_bytes // (4 * k))
@@ -255,15 +267,23 @@ def _build_index(rows: _Rows, n_clusters: int | None, seed: int | None, n_iter: 
         lab = sc.argmax(1)
         labels[s:e] = lab
         own[s:e] = sc[np.arange(e - s), lab]
-    lo, hi = _angles(own, eps)
-    del own
+    lo, hi = _angles(own, eps32)
+    del own, buf
     order = np.lexsort((lo, labels))
-    starts = np.searchsorted(labels[order], np.arange(k + 1))
+    lo, hi = lo[order], hi[order]
+    lab_s = labels[order].astype(np.float64)
+    starts = np.searchsorted(lab_s, np.arange(k + 1))
     radius = np.full(k, -np.inf)
     full = np.flatnonzero(starts[1:] > starts[:-1])
-    radius[full] = np.maximum.reduceat(hi[order], starts[full])
+    radius[full] = np.maximum.reduceat(hi, starts[full])
+    # Angles are in [0, pi] < 4, so 4 * cluster + angle increases across clusters: one global
+    # searchsorted finds a range inside any cluster (the running max keeps `hi` monotone).
+    key_lo = 4.0 * lab_s + lo
+    key_hi = np.maximum.accumulate(4.0 * lab_s + hi)
+    del lab_s
     index = _Index(rows=rows, centroids=centroids, labels=labels, order=order, starts=starts,
-                   lo=lo, hi=hi, radius=radius, eps=eps, block_bytes=block_bytes)
+                   lo=lo, hi=hi, key_lo=key_lo, key_hi=key_hi, radius=radius, eps=eps32,
+                   block_bytes=block_bytes)
     return index, {"n_clusters": k, "largest_cluster": int(np.diff(starts).max()),
                    "seconds_kmeans": t1 - t0, "seconds_assign": time.perf_counter() - t1}
 
@@ -274,16 +294,17 @@ def _float32_below(v: float) -> np.float32:
     return f if float(f) <= v else np.nextafter(f, np.float32(-np.inf))
 
 
-def _thresholds(index: _Index, alpha: float) -> np.ndarray:
-    """Per cluster, a float32 cosine to its centroid at or below which a row cannot reach any
-    member within `alpha`: ang(x, c_b) >= alpha + r_b, by (1) (+inf for an empty cluster)."""
+def _thresholds(index: _Index, alpha: float, eps: float) -> np.ndarray:
+    """Per cluster, a float32 cosine to its centroid at or below which a row (cosines computed
+    with error <= eps) cannot reach any member within `alpha`: ang(x, c_b) >= alpha + r_b,
+    by (1). +inf for an empty cluster."""
     tau = np.full(len(index.radius), np.inf, dtype=np.float32)
     for b, r in enumerate(index.radius):
         if np.isneginf(r):
             continue  # empty cluster: nothing to reach
         reach = alpha + r + _ANGLE_SLACK
         # lo(x) = arccos(min(1, s + eps)) < reach  <=>  s > cos(reach) - eps  (reach < pi)
-        tau[b] = -np.inf if reach >= np.pi else _float32_below(math.cos(reach) - index.eps)
+        tau[b] = -np.inf if reach >= np.pi else _float32_below(math.cos(reach) - eps)
     return tau
 
 
@@ -292,141 +313,154 @@ def _thresholds(index: _Index, alpha: float) -> np.ndarray:
 
 
 class _Collector:
-    """Accumulates candidate entries (row, column, float32 cosine) and counts the work."""
+    """Accumulates candidate entries (row, row) above t - eps and counts the work."""
 
     def __init__(self) -> None:
         self.i: list[np.ndarray] = []
         self.j: list[np.ndarray] = []
-        self.s: list[np.ndarray] = []
         self.entries = 0
 
-    def add(self, i: np.ndarray, j: np.ndarray, s: np.ndarray) -> None:
+    def add(self, i: np.ndarray, j: np.ndarray) -> None:
         if len(i):
-            self.i.append(i)
-            self.j.append(j)
-            self.s.append(s)
+            self.i.append(np.asarray(i, dtype=np.int64))
+            self.j.append(np.asarray(j, dtype=np.int64))
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         if not self.i:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        return np.concatenate(self.i).astype(np.int64), np.concatenate(self.j).astype(np.int64)
+        return np.concatenate(self.i), np.concatenate(self.j)
 
 
-def _compare(index: _Index, src: _Rows, r_ids: np.ndarray, r_lo: np.ndarray, r_hi: np.ndarray,
-             b: int, *, alpha: float, t32: np.float32, own: bool, out: _Collector) -> None:
-    """Entries above `t32` between rows `r_ids` of `src` (sorted by `r_lo`) and cluster b.
-
-    `own`: the rows are b's members themselves, in b's order; only column > row is kept.
-    Rows and members are gathered and scaled per tile unless the cluster fits `block_bytes`.
-    """
-    cols = index.order[index.starts[b]:index.starts[b + 1]]
-    c_lo = index.lo[cols]
-    c_pm = np.maximum.accumulate(index.hi[cols])  # monotone, so "hi > v" starts at a searchsorted
-    d = src.x.shape[1]
-    budget_rows = max(1, index.block_bytes // (4 * max(len(cols), 1)))
-    tile = min(_OWN_TILE if own else _CROSS_TILE, budget_rows)
-    cached = index.rows.unit(cols) if 4 * len(cols) * d <= index.block_bytes else None
-    nr = len(r_ids)
-    for i0 in range(0, nr, tile):
-        i1 = min(nr, i0 + tile)
-        # (1) over the tile: members with lo >= max(hi) + alpha or hi <= min(lo) - alpha are out.
-        j1 = int(np.searchsorted(c_lo, r_hi[i0:i1].max() + alpha + _ANGLE_SLACK, side="left"))
-        j0 = int(np.searchsorted(c_pm, r_lo[i0] - alpha - _ANGLE_SLACK, side="right"))
-        if own:
-            j0 = max(j0, i0 + 1)
+def _within(index: _Index, b: int, alpha: float, t_lo: np.float32, out: _Collector) -> None:
+    """Pairs inside cluster b, each once (i < j in sorted order)."""
+    s0, s1 = int(index.starts[b]), int(index.starts[b + 1])
+    n_b = s1 - s0
+    d = index.rows.x.shape[1]
+    members = index.members(b, s0, s1) if 4 * n_b * d <= index.block_bytes else None
+    hi = index.hi[s0:s1]
+    for i0 in range(0, n_b - 1, _TILE):
+        i1 = min(n_b, i0 + _TILE)
+        # (1): members with lo >= max(hi) + alpha are out of reach. (The other side,
+        # hi <= min(lo) - alpha, only holds for members before the tile: i < j excludes them.)
+        j1 = int(np.searchsorted(index.key_lo, 4.0 * b + hi[i0:i1].max() + alpha + _ANGLE_SLACK,
+                                 side="left"))
+        j0, j1 = s0 + i0 + 1, min(j1, s1)
         if j1 <= j0:
             continue
-        y = cached[j0:j1] if cached is not None else index.rows.unit(cols[j0:j1])
-        rows32 = cached[i0:i1] if (own and cached is not None) else src.unit(r_ids[i0:i1])
-        sc = rows32 @ y.T
+        if members is not None:
+            rows32, cols = members[i0:i1], members[j0 - s0:j1 - s0]
+        else:
+            rows32, cols = index.members(b, s0 + i0, s0 + i1), index.members(b, j0, j1)
+        sc = rows32 @ cols.T
         out.entries += sc.size
-        if sc.max() <= t32:
+        if sc.max() <= t_lo:
             continue
-        ii, jj = np.nonzero(sc > t32)
-        if own:
-            keep = (jj + j0) > (ii + i0)
-            ii, jj = ii[keep], jj[keep]
-        out.add(r_ids[ii + i0], cols[jj + j0], sc[ii, jj])
+        ii, jj = np.nonzero(sc > t_lo)
+        keep = jj + j0 > ii + i0 + s0
+        out.add(index.order[ii[keep] + i0 + s0], index.order[jj[keep] + j0])
 
 
-def _scan(index: _Index, rows: _Rows, tau: np.ndarray, b0: int, b1: int,
-          row_labels: np.ndarray | None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Candidate (row, cluster, float32 cosine to the centroid) for clusters b0..b1-1.
+def _scan(index: _Index, blocks, tau: np.ndarray, b0: int, b1: int, eps: float,
+          restrict: bool):
+    """Candidate (row id, cluster, cosine to its centroid) for clusters b0..b1-1 (step 3).
 
-    With `row_labels` (the rows are the indexed set) only clusters above the row's own are
-    kept: a cross-cluster pair is searched from its larger cluster only.
+    `blocks` yields (row ids, float32 unit rows, labels or None). With `restrict` (the rows are
+    the indexed set) only clusters above the row's own are kept: a cross-cluster pair is
+    searched from its smaller cluster only.
     """
-    n = rows.x.shape[0]
-    k = b1 - b0
     cent = index.centroids[b0:b1]
     tau = tau[b0:b1]
-    per = max(1, index.block_bytes // (4 * k))
-    buf = np.empty((min(per, n), k), dtype=np.float32)
     col = np.arange(b0, b1)
-    for s in range(0, n, per):
-        e = min(n, s + per)
-        sc = buf[:e - s]
-        np.matmul(rows.unit_range(s, e), cent.T, out=sc)
+    for ids, rows32, labels in blocks():
+        sc = rows32 @ cent.T
         mask = sc > tau
-        if row_labels is not None:
-            mask &= col[None, :] > row_labels[s:e, None]
-        r, c = np.nonzero(mask)
-        yield r + s, c + b0, sc[r, c]
+        if restrict:
+            mask &= col[None, :] > labels[:, None]
+        c, r = np.nonzero(mask.T)  # by cluster, then by row: no sort needed to group them
+        yield ids[r], c + b0, sc[r, c]
 
 
-def _cross(index: _Index, rows: _Rows, row_labels: np.ndarray | None, alpha: float,
-           t32: np.float32, out: _Collector, stats: dict) -> None:
-    """Entries above t32 between `rows` and members of clusters they can reach (steps 2-4)."""
+def _across(index: _Index, blocks, gather, alpha: float, tau: np.ndarray, eps_scan: float,
+            t_lo: np.float32, restrict: bool, out: _Collector) -> int:
+    """Pairs between scanned rows and the members of clusters they can reach (step 3).
+
+    A first scan counts the candidate rows of every cluster; then runs of clusters whose
+    candidates fit the budget are scanned again and the candidates written into one table
+    (int32 row id, float32 cosine: 8 bytes each) grouped by cluster. Each cluster then compares
+    its candidates, sorted by angle to its centroid, tile by tile with the members in range.
+    Returns the number of (row, cluster) reach tests passed.
+    """
     k = len(index.centroids)
-    tau = _thresholds(index, alpha)
-    cap = max(1, 4 * index.block_bytes // 12)  # candidate entries held at once (12 bytes each)
-
-    def process(r: np.ndarray, c: np.ndarray, s: np.ndarray) -> None:
-        if len(r) == 0:
-            return
-        order = np.lexsort((r, c))
-        r, c, s = r[order], c[order], s[order]
-        bounds = np.flatnonzero(np.r_[True, c[1:] != c[:-1], True])
-        for a, z in zip(bounds[:-1], bounds[1:]):
-            lo, hi = _angles(s[a:z], index.eps)
-            srt = np.argsort(lo, kind="stable")
-            _compare(index, rows, r[a:z][srt], lo[srt], hi[srt], int(c[a]), alpha=alpha,
-                     t32=t32, own=False, out=out)
-
+    cap = max(1, 4 * index.block_bytes // 8)  # candidate entries held at once
     counts = np.zeros(k, dtype=np.int64)
-    held: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    total, overflow = 0, False
-    for r, c, s in _scan(index, rows, tau, 0, k, row_labels):
+    for _, c, _ in _scan(index, blocks, tau, 0, k, eps_scan, restrict):
         counts += np.bincount(c, minlength=k)
-        if not overflow:
-            held.append((r.astype(np.int64), c, s))
-            total += len(r)
-            if total > cap:
-                overflow, held = True, []
-    stats["candidate_rows"] = stats.get("candidate_rows", 0) + int(counts.sum())
-    passes = 1
-    if not overflow:
-        if held:
-            process(*(np.concatenate(a) for a in zip(*held)))
-    else:
-        # Too many candidates to hold: further passes, each over a run of clusters whose
-        # candidates fit (a single cluster over the cap is processed chunk by chunk).
-        b0 = 0
-        while b0 < k:
-            b1, acc = b0 + 1, counts[b0]
-            while b1 < k and acc + counts[b1] <= cap:
-                acc += counts[b1]
-                b1 += 1
-            passes += 1
-            if acc > cap:  # one cluster alone: stream its candidates
-                for r, c, s in _scan(index, rows, tau, b0, b1, row_labels):
-                    process(r.astype(np.int64), c, s)
-            else:
-                got = list(_scan(index, rows, tau, b0, b1, row_labels))
-                if got:
-                    process(*(np.concatenate(a) for a in zip(*got)))
+    b0 = 0
+    while b0 < k:
+        b1, acc = b0 + 1, int(counts[b0])
+        while b1 < k and acc + counts[b1] <= cap:
+            acc += int(counts[b1])
+            b1 += 1
+        if acc == 0:
             b0 = b1
-    stats["candidate_passes"] = stats.get("candidate_passes", 0) + passes
+            continue
+        if acc > cap:  # one cluster alone over the budget: compare its candidates as they come
+            for r, _, sc in _scan(index, blocks, tau, b0, b1, eps_scan, restrict):
+                if len(r):
+                    _reach(index, b0, r, sc, gather, alpha, eps_scan, t_lo, out)
+            b0 = b1
+            continue
+        offsets = np.zeros(b1 - b0 + 1, dtype=np.int64)
+        np.cumsum(counts[b0:b1], out=offsets[1:])
+        cand_r = np.empty(acc, dtype=np.int32 if len(index.order) < 2**31 else np.int64)
+        cand_s = np.empty(acc, dtype=np.float32)
+        ptr = offsets[:-1].copy()
+        for r, c, sc in _scan(index, blocks, tau, b0, b1, eps_scan, restrict):
+            if not len(r):
+                continue
+            c = c - b0  # ascending (see _scan): each cluster's rows are one run
+            first = np.searchsorted(c, np.arange(b1 - b0))
+            pos = ptr[c] + (np.arange(len(c)) - first[c])
+            cand_r[pos], cand_s[pos] = r, sc
+            ptr += np.bincount(c, minlength=b1 - b0)
+        for b in range(b0, b1):
+            lo_, hi_ = offsets[b - b0], offsets[b - b0 + 1]
+            if hi_ > lo_:
+                _reach(index, b, cand_r[lo_:hi_], cand_s[lo_:hi_], gather, alpha, eps_scan, t_lo,
+                       out)
+        del cand_r, cand_s
+        b0 = b1
+    return int(counts.sum())
+
+
+def _reach(index: _Index, b: int, ids: np.ndarray, s_b: np.ndarray, gather, alpha: float,
+           eps_scan: float, t_lo: np.float32, out: _Collector) -> None:
+    """Compare candidate rows `ids` (cosine `s_b` to c_b) with the members of b in range."""
+    srt = np.argsort(-s_b, kind="stable")  # increasing angle to c_b
+    ids = ids[srt].astype(np.int64)
+    lo_x, hi_x = _angles(s_b[srt], eps_scan)
+    s0, s1 = int(index.starts[b]), int(index.starts[b + 1])
+    d = index.rows.x.shape[1]
+    members = index.members(b, s0, s1) if 4 * (s1 - s0) * d <= index.block_bytes else None
+    tile = max(1, min(_CROSS_TILE, index.block_bytes // (4 * max(s1 - s0, 1))))
+    for i0 in range(0, len(ids), tile):
+        i1 = min(len(ids), i0 + tile)
+        # (1): members with hi <= min(lo) - alpha or lo >= max(hi) + alpha are out of reach.
+        j0 = int(np.searchsorted(index.key_hi, 4.0 * b + lo_x[i0] - alpha - _ANGLE_SLACK,
+                                 side="right"))
+        j1 = int(np.searchsorted(index.key_lo, 4.0 * b + hi_x[i0:i1].max() + alpha
+                                 + _ANGLE_SLACK, side="left"))
+        j0, j1 = max(j0, s0), min(j1, s1)
+        if j1 <= j0:
+            continue
+        cols = members[j0 - s0:j1 - s0] if members is not None else index.members(b, j0, j1)
+        tile_ids = np.sort(ids[i0:i1])  # gathered in memory order: the tile is a set
+        sc = gather(tile_ids) @ cols.T
+        out.entries += sc.size
+        if sc.max() <= t_lo:
+            continue
+        ii, jj = np.nonzero(sc > t_lo)
+        out.add(tile_ids[ii], index.order[j0 + jj])
 
 
 def _recheck(a: _Rows, b: _Rows, i: np.ndarray, j: np.ndarray, t: float,
@@ -455,30 +489,34 @@ def _search(index: _Index, t: float, stats: dict) -> tuple[np.ndarray, np.ndarra
     """All pairs (i < j) of the indexed rows with exact cosine > t, sorted, and their cosines."""
     rows = index.rows
     alpha = math.acos(t)
-    t32 = _float32_below(t - index.eps)
+    t_lo = _float32_below(t - index.eps)
+    tau = _thresholds(index, alpha, index.eps)
     out = _Collector()
+    n, d = rows.x.shape
+    k = len(index.centroids)
+    per = max(1, index.block_bytes // (4 * max(k, d)))
+
+    def blocks():  # row ids, their float32 unit rows, their clusters
+        for s in range(0, n, per):
+            e = min(n, s + per)
+            yield np.arange(s, e), rows.unit_range(s, e), index.labels[s:e]
+
     t0 = time.perf_counter()
-    for b in range(len(index.centroids)):
-        members = index.order[index.starts[b]:index.starts[b + 1]]
-        if len(members) > 1:
-            _compare(index, rows, members, index.lo[members], index.hi[members], b,
-                     alpha=alpha, t32=t32, own=True, out=out)
+    for a in range(k):
+        if index.starts[a + 1] - index.starts[a] > 1:
+            _within(index, a, alpha, t_lo, out)
     t1 = time.perf_counter()
-    _cross(index, rows, index.labels, alpha, t32, out, stats)
+    tested = _across(index, blocks, rows.unit, alpha, tau, index.eps, t_lo, True, out)
     t2 = time.perf_counter()
     i, j = out.arrays()
     keep, cos = _recheck(rows, rows, i, j, t)
     i, j, cos = i[keep], j[keep], cos[keep]
     lo_, hi_ = np.minimum(i, j), np.maximum(i, j)
     order = np.lexsort((hi_, lo_))
-    stats.update(entries_computed=int(out.entries), rechecked=int(len(keep)),
-                 seconds_within=t1 - t0, seconds_across=t2 - t1,
+    stats.update(entries_computed=int(out.entries), candidate_rows=tested,
+                 rechecked=int(len(keep)), seconds_within=t1 - t0, seconds_across=t2 - t1,
                  seconds_recheck=time.perf_counter() - t2)
     return np.stack([lo_[order], hi_[order]], axis=1), cos[order]
-
-
-# ----------------------------------------------------------------------------------------------
-# public
 
 
 def _split_timings(stats: dict) -> tuple[dict, dict]:
@@ -526,13 +564,24 @@ def near_duplicate_pairs(x, threshold: float, *, n_clusters: int | None = None,
 
 def _reference(index: _Index, reference, t: float, stats: dict) -> ReferenceMatches:
     ref = _as_rows(reference, "reference")
-    if ref.x.shape[1] != index.rows.x.shape[1]:
-        raise InputError(f"reference: has {ref.x.shape[1]} features, x has "
-                         f"{index.rows.x.shape[1]}")
+    m, d = ref.x.shape
+    if d != index.rows.x.shape[1]:
+        raise InputError(f"reference: has {d} features, x has {index.rows.x.shape[1]}")
     alpha = math.acos(t)
+    eps32 = cosine_error_bound(d)
+    tau = _thresholds(index, alpha, eps32)
     out = _Collector()
-    _cross(index, ref, None, alpha, _float32_below(t - index.eps), out, stats)
-    stats["entries_computed"] = stats.get("entries_computed", 0) + out.entries
+    per = max(1, index.block_bytes // (4 * max(len(index.centroids), d)))
+
+    def blocks():
+        for s in range(0, m, per):
+            e = min(m, s + per)
+            yield np.arange(s, e), ref.unit_range(s, e), None
+
+    tested = _across(index, blocks, ref.unit, alpha, tau, eps32, _float32_below(t - eps32),
+                     False, out)
+    stats["reference_entries_computed"] = int(out.entries)
+    stats["reference_candidate_rows"] = tested
     r, c = out.arrays()  # (reference row, indexed row)
     keep, cos = _recheck(ref, index.rows, r, c, t)
     r, c, cos = r[keep], c[keep], cos[keep]
