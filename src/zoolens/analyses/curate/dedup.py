@@ -225,8 +225,10 @@ class _Index:
     eps: float              # error bound of a float32 cosine of unit-scaled rows
     block_bytes: int
 
-    def members(self, b: int, j0: int, j1: int) -> np.ndarray:
-        """float32 unit rows of sorted positions j0:j1 (inside cluster b)."""
+    slack: float            # radians added to every bound: arccos and key rounding
+
+    def members(self, j0: int, j1: int) -> np.ndarray:
+        """float32 unit rows of sorted positions j0:j1."""
         return self.rows.unit(self.order[j0:j1])
 
 
@@ -240,20 +242,67 @@ def _auto_clusters(n: int) -> int:
     return int(max(1, min(n, round(math.sqrt(n)))))
 
 
+def _pruning_centroids(sub: np.ndarray, k: int, alpha: float, rng: np.random.Generator,
+                       n_iter: int, block_bytes: int, max_fraction: float = 0.1,
+                       max_growth: int = 8) -> np.ndarray:
+    """Spherical k-means centroids (float32) of a subsample, refined for pruning.
+
+    A cluster that swallowed several natural clusters has a wide radius, so by (1) a large
+    share of all rows can reach it and the search degrades towards all pairs. On the
+    subsample, every cluster that a share above `max_fraction` of the rows could reach is split
+    in four (seeded 4-means of its members), until none is left or k has grown
+    `max_growth`-fold.
+    The estimate only steers the speed: any centroids give the exact answer.
+    """
+    km = kmeans(sub, k, spherical=True, n_iter=n_iter, seed=int(rng.integers(2**63)),
+                block_bytes=block_bytes)
+    cent = km.centroids
+    for _ in range(8):
+        c32 = cent.astype(np.float32)
+        kk = len(c32)
+        per = max(1, block_bytes // (4 * kk))
+        lab = np.empty(len(sub), dtype=np.int64)
+        own = np.empty(len(sub), dtype=np.float32)
+        for s in range(0, len(sub), per):
+            sc = sub[s:s + per] @ c32.T
+            lab[s:s + per] = sc.argmax(1)
+            own[s:s + per] = sc[np.arange(len(sc)), lab[s:s + per]]
+        radius = np.zeros(kk)
+        np.maximum.at(radius, lab, np.arccos(np.clip(own.astype(np.float64), -1, 1)))
+        tau = np.cos(np.minimum(alpha + radius, np.pi)).astype(np.float32)
+        reach = np.zeros(kk, dtype=np.int64)
+        for s in range(0, len(sub), per):
+            reach += (sub[s:s + per] @ c32.T > tau).sum(0)
+        sizes = np.bincount(lab, minlength=kk)
+        wide = np.flatnonzero((reach > max_fraction * len(sub)) & (sizes >= 8))
+        if not len(wide) or kk >= max_growth * k:
+            break
+        wide = wide[np.argsort(-reach[wide], kind="stable")][:(max_growth * k - kk) // 3]
+        if not len(wide):
+            break
+        parts = [np.delete(cent, wide, axis=0)]
+        for b in wide:
+            four = kmeans(sub[lab == b], 4, spherical=True, n_iter=n_iter,
+                          seed=int(rng.integers(2**63)), block_bytes=block_bytes)
+            parts.append(four.centroids)
+        cent = np.vstack(parts)
+    return cent.astype(np.float32)
+
+
 def _build_index(rows: _Rows, n_clusters: int | None, seed: int | None, n_iter: int,
-                 block_bytes: int) -> tuple[_Index, dict]:
+                 block_bytes: int, threshold: float) -> tuple[_Index, dict]:
     n, d = rows.x.shape
     k = _auto_clusters(n) if n_clusters is None else int(n_clusters)
     if not 1 <= k <= n:
         raise InputError(f"n_clusters: expected 1 <= n_clusters <= {n}, got {n_clusters}")
+    alpha = math.acos(threshold)
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
     # The clustering only decides how well we prune, never what we find: a subsample is enough.
-    m = min(n, max(32 * k, 10_000))
+    m = min(n, max(32 * k, 50_000))
     sub = np.sort(rng.choice(n, size=m, replace=False)) if m < n else np.arange(n)
-    km = kmeans(rows.unit(sub), k, spherical=True, n_iter=n_iter,
-                seed=int(rng.integers(2**63)), block_bytes=block_bytes)
-    centroids = km.centroids.astype(np.float32)
+    centroids = _pruning_centroids(rows.unit(sub), k, alpha, rng, n_iter, block_bytes)
+    k_asked, k = k, len(centroids)
     t1 = time.perf_counter()
     eps32 = cosine_error_bound(d)
     labels = np.empty(n, dtype=np.int64)
@@ -281,10 +330,12 @@ def _build_index(rows: _Rows, n_clusters: int | None, seed: int | None, n_iter: 
     key_lo = 4.0 * lab_s + lo
     key_hi = np.maximum.accumulate(4.0 * lab_s + hi)
     del lab_s
+    # The keys 4 * cluster + angle are rounded to ~ 4k * 2^-52: widen every bound by that too.
+    slack = _ANGLE_SLACK + 16.0 * k * np.finfo(np.float64).eps
     index = _Index(rows=rows, centroids=centroids, labels=labels, order=order, starts=starts,
                    lo=lo, hi=hi, key_lo=key_lo, key_hi=key_hi, radius=radius, eps=eps32,
-                   block_bytes=block_bytes)
-    return index, {"n_clusters": k, "largest_cluster": int(np.diff(starts).max()),
+                   block_bytes=block_bytes, slack=slack)
+    return index, {"n_clusters": k, "n_clusters_asked": k_asked, "largest_cluster": int(np.diff(starts).max()),
                    "seconds_kmeans": t1 - t0, "seconds_assign": time.perf_counter() - t1}
 
 
@@ -302,7 +353,7 @@ def _thresholds(index: _Index, alpha: float, eps: float) -> np.ndarray:
     for b, r in enumerate(index.radius):
         if np.isneginf(r):
             continue  # empty cluster: nothing to reach
-        reach = alpha + r + _ANGLE_SLACK
+        reach = alpha + r + index.slack
         # lo(x) = arccos(min(1, s + eps)) < reach  <=>  s > cos(reach) - eps  (reach < pi)
         tau[b] = -np.inf if reach >= np.pi else _float32_below(math.cos(reach) - eps)
     return tau
@@ -336,13 +387,13 @@ def _within(index: _Index, b: int, alpha: float, t_lo: np.float32, out: _Collect
     s0, s1 = int(index.starts[b]), int(index.starts[b + 1])
     n_b = s1 - s0
     d = index.rows.x.shape[1]
-    members = index.members(b, s0, s1) if 4 * n_b * d <= index.block_bytes else None
+    members = index.members(s0, s1) if 4 * n_b * d <= index.block_bytes else None
     hi = index.hi[s0:s1]
     for i0 in range(0, n_b - 1, _TILE):
         i1 = min(n_b, i0 + _TILE)
         # (1): members with lo >= max(hi) + alpha are out of reach. (The other side,
         # hi <= min(lo) - alpha, only holds for members before the tile: i < j excludes them.)
-        j1 = int(np.searchsorted(index.key_lo, 4.0 * b + hi[i0:i1].max() + alpha + _ANGLE_SLACK,
+        j1 = int(np.searchsorted(index.key_lo, 4.0 * b + hi[i0:i1].max() + alpha + index.slack,
                                  side="left"))
         j0, j1 = s0 + i0 + 1, min(j1, s1)
         if j1 <= j0:
@@ -350,7 +401,7 @@ def _within(index: _Index, b: int, alpha: float, t_lo: np.float32, out: _Collect
         if members is not None:
             rows32, cols = members[i0:i1], members[j0 - s0:j1 - s0]
         else:
-            rows32, cols = index.members(b, s0 + i0, s0 + i1), index.members(b, j0, j1)
+            rows32, cols = index.members(s0 + i0, s0 + i1), index.members(j0, j1)
         sc = rows32 @ cols.T
         out.entries += sc.size
         if sc.max() <= t_lo:
@@ -441,19 +492,19 @@ def _reach(index: _Index, b: int, ids: np.ndarray, s_b: np.ndarray, gather, alph
     lo_x, hi_x = _angles(s_b[srt], eps_scan)
     s0, s1 = int(index.starts[b]), int(index.starts[b + 1])
     d = index.rows.x.shape[1]
-    members = index.members(b, s0, s1) if 4 * (s1 - s0) * d <= index.block_bytes else None
+    members = index.members(s0, s1) if 4 * (s1 - s0) * d <= index.block_bytes else None
     tile = max(1, min(_CROSS_TILE, index.block_bytes // (4 * max(s1 - s0, 1))))
     for i0 in range(0, len(ids), tile):
         i1 = min(len(ids), i0 + tile)
         # (1): members with hi <= min(lo) - alpha or lo >= max(hi) + alpha are out of reach.
-        j0 = int(np.searchsorted(index.key_hi, 4.0 * b + lo_x[i0] - alpha - _ANGLE_SLACK,
+        j0 = int(np.searchsorted(index.key_hi, 4.0 * b + lo_x[i0] - alpha - index.slack,
                                  side="right"))
         j1 = int(np.searchsorted(index.key_lo, 4.0 * b + hi_x[i0:i1].max() + alpha
-                                 + _ANGLE_SLACK, side="left"))
+                                 + index.slack, side="left"))
         j0, j1 = max(j0, s0), min(j1, s1)
         if j1 <= j0:
             continue
-        cols = members[j0 - s0:j1 - s0] if members is not None else index.members(b, j0, j1)
+        cols = members[j0 - s0:j1 - s0] if members is not None else index.members(j0, j1)
         tile_ids = np.sort(ids[i0:i1])  # gathered in memory order: the tile is a set
         sc = gather(tile_ids) @ cols.T
         out.entries += sc.size
@@ -525,11 +576,11 @@ def _split_timings(stats: dict) -> tuple[dict, dict]:
     return {k: v for k, v in stats.items() if not k.startswith("seconds_")}, sec
 
 
-def _prepare(x, n_clusters, seed, n_iter, block_bytes):
+def _prepare(x, n_clusters, seed, n_iter, block_bytes, threshold):
     rows = _as_rows(x, "x")
     if block_bytes < 1 << 16:
         raise InputError(f"block_bytes: expected at least 65536, got {block_bytes}")
-    index, stats = _build_index(rows, n_clusters, seed, n_iter, block_bytes)
+    index, stats = _build_index(rows, n_clusters, seed, n_iter, block_bytes, threshold)
     n = rows.x.shape[0]
     stats["all_pairs"] = n * (n - 1) // 2
     return index, stats
@@ -544,8 +595,9 @@ def near_duplicate_pairs(x, threshold: float, *, n_clusters: int | None = None,
     ----------
     x : (n, d) array of embeddings (NumPy or torch; float32 is read in place).
     threshold : t in (-1, 1); pairs with cosine > t are returned.
-    n_clusters : clusters used for pruning (default round(sqrt(n))). It changes the speed, never
-        the answer.
+    n_clusters : clusters used for pruning (default round(sqrt(n))); clusters that too many
+        rows could reach (wider than the natural clusters) are split, up to 4x as many. It
+        changes the speed, never the answer.
     seed : seed of the pruning clustering (the answer does not depend on it).
     n_iter : k-means updates of the pruning clustering.
     block_bytes : memory for one block of float32 similarities.
@@ -555,7 +607,7 @@ def near_duplicate_pairs(x, threshold: float, *, n_clusters: int | None = None,
     DuplicatePairs
     """
     t = _check_threshold(threshold)
-    index, stats = _prepare(x, n_clusters, seed, n_iter, block_bytes)
+    index, stats = _prepare(x, n_clusters, seed, n_iter, block_bytes, t)
     pairs, sims = _search(index, t, stats)
     stats, seconds = _split_timings(stats)
     return DuplicatePairs(pairs=pairs, similarities=sims, threshold=t, n=len(index.labels),
@@ -609,7 +661,7 @@ def reference_matches(x, reference, threshold: float, *, n_clusters: int | None 
     ReferenceMatches
     """
     t = _check_threshold(threshold)
-    index, stats = _prepare(x, n_clusters, seed, n_iter, block_bytes)
+    index, stats = _prepare(x, n_clusters, seed, n_iter, block_bytes, t)
     return _reference(index, reference, t, stats)
 
 
@@ -697,7 +749,7 @@ def deduplicate(x, threshold: float, *, keep: str = "centroid", resolution=None,
                                       or max_neighbors < 1):
         raise InputError(f"max_neighbors: expected a positive integer or None, "
                          f"got {max_neighbors!r}")
-    index, stats = _prepare(x, n_clusters, seed, n_iter, block_bytes)
+    index, stats = _prepare(x, n_clusters, seed, n_iter, block_bytes, t)
     n = len(index.labels)
     res = None
     if keep == "resolution":
