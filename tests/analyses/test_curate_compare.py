@@ -1,4 +1,4 @@
-"""Fréchet distance, PRDC, retrieval, prototypes and shared prototypes (zoolens.analyses.curate)."""
+"""Fréchet distance, PRDC, retrieval, prototypes, shared prototypes (zoolens.analyses.curate)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def _rotation(d: int, seed: int) -> np.ndarray:
 
 
 def test_frechet_closed_form_commuting_covariances():
-    # S_a = Q diag(a) Q^T, S_b = Q diag(b) Q^T commute: FD = |mu_a - mu_b|^2 + sum (sqrt a - sqrt b)^2
+    # S_a = Q diag(a) Q^T and S_b = Q diag(b) Q^T commute:
+    # FD = |mu_a - mu_b|^2 + sum (sqrt a - sqrt b)^2
     d = 6
     q = _rotation(d, 0)
     a, b = np.array([1, 2, 3, 4, 5, 6.0]), np.array([0.5, 2, 9, 1, 0.1, 6.0])

@@ -53,7 +53,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 from scipy.sparse import coo_matrix
@@ -335,7 +334,8 @@ def _build_index(rows: _Rows, n_clusters: int | None, seed: int | None, n_iter: 
     index = _Index(rows=rows, centroids=centroids, labels=labels, order=order, starts=starts,
                    lo=lo, hi=hi, key_lo=key_lo, key_hi=key_hi, radius=radius, eps=eps32,
                    block_bytes=block_bytes, slack=slack)
-    return index, {"n_clusters": k, "n_clusters_asked": k_asked, "largest_cluster": int(np.diff(starts).max()),
+    return index, {"n_clusters": k, "n_clusters_asked": k_asked,
+                   "largest_cluster": int(np.diff(starts).max()),
                    "seconds_kmeans": t1 - t0, "seconds_assign": time.perf_counter() - t1}
 
 
@@ -421,13 +421,14 @@ def _scan(index: _Index, blocks, tau: np.ndarray, b0: int, b1: int, eps: float,
     """
     cent = index.centroids[b0:b1]
     tau = tau[b0:b1]
-    col = np.arange(b0, b1)
     for ids, rows32, labels in blocks():
         sc = rows32 @ cent.T
-        mask = sc > tau
+        r, c = np.nonzero(sc > tau)
         if restrict:
-            mask &= col[None, :] > labels[:, None]
-        c, r = np.nonzero(mask.T)  # by cluster, then by row: no sort needed to group them
+            keep = c + b0 > labels[r]
+            r, c = r[keep], c[keep]
+        order = np.argsort(c, kind="stable")  # by cluster, rows ascending within each
+        r, c = r[order], c[order]
         yield ids[r], c + b0, sc[r, c]
 
 

@@ -417,5 +417,6 @@ def hierarchical_kmeans(x, n_clusters: Sequence[int], *, spherical: bool = False
                 res.seed = level_seed
         levels.append(res)
         data = res.centroids.astype(np.float32)
-    return HierarchicalKMeans(levels=levels, n_clusters=ks, resampling_steps=[int(s) for s in steps],
+    return HierarchicalKMeans(levels=levels, n_clusters=ks,
+                              resampling_steps=[int(s) for s in steps],
                               sample_size=used_sizes, sampling=sampling, seed=seed)
