@@ -192,7 +192,7 @@ def run_faiss(x, t, args):
     for s in range(0, len(q_idx), 4096):
         qi = q_idx[s:s + 4096]
         lims, _, idx = index.range_search(u[qi], t)
-        src = np.repeat(qi, np.diff(lims))
+        src = np.repeat(qi, np.diff(lims).astype(np.int64))
         keep = idx != src
         found.append(np.stack([src[keep], idx[keep]], 1))
     pairs = np.sort(np.concatenate(found), axis=1)
@@ -202,10 +202,15 @@ def run_faiss(x, t, args):
 def run_imagededup(x, t, args):
     import logging
 
+    import torch
     from imagededup.methods import CNN
+    from imagededup.utils import CustomModel
 
     logging.disable(logging.INFO)
-    cnn = CNN(verbose=False)  # builds a MobileNetV3 (random weights are fine: it is not used)
+    # The default model downloads MobileNetV3 weights; given encodings it is never run, so a
+    # stand-in module avoids the network.
+    cnn = CNN(verbose=False, model_config=CustomModel(name="unused", model=torch.nn.Identity(),
+                                                      transform=lambda im: im))
     enc = {str(i): x[i] for i in range(len(x))}
     out = cnn.find_duplicates(encoding_map=enc, min_similarity_threshold=float(t),
                               scores=False, num_sim_workers=0)

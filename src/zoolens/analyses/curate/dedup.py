@@ -248,14 +248,17 @@ def _pruning_centroids(sub: np.ndarray, k: int, alpha: float, rng: np.random.Gen
 
     A cluster that swallowed several natural clusters has a wide radius, so by (1) a large
     share of all rows can reach it and the search degrades towards all pairs. On the
-    subsample, every cluster that a share above `max_fraction` of the rows could reach is split
-    in four (seeded 4-means of its members), until none is left or k has grown
-    `max_growth`-fold.
+    subsample, every cluster that a share above `max_fraction` of the rows could reach gets
+    three more centroids (seeded draws of its members) and one global k-means update follows,
+    until no such cluster is left, k has grown `max_growth`-fold, or a round no longer cuts the
+    estimated work (sum over clusters of rows in reach x members) by a quarter (then it is
+    undone: at low thresholds every cluster is in reach of most rows, whatever its size).
     The estimate only steers the speed: any centroids give the exact answer.
     """
     km = kmeans(sub, k, spherical=True, n_iter=n_iter, seed=int(rng.integers(2**63)),
                 block_bytes=block_bytes)
     cent = km.centroids
+    prev, prev_total = None, None
     for _ in range(8):
         c32 = cent.astype(np.float32)
         kk = len(c32)
@@ -273,18 +276,21 @@ def _pruning_centroids(sub: np.ndarray, k: int, alpha: float, rng: np.random.Gen
         for s in range(0, len(sub), per):
             reach += (sub[s:s + per] @ c32.T > tau).sum(0)
         sizes = np.bincount(lab, minlength=kk)
+        total = float(reach @ sizes)  # pairs the search would compute, roughly
+        if prev_total is not None and total > 0.75 * prev_total:
+            cent = prev  # splitting stopped paying
+            break
+        prev, prev_total = cent, total
         wide = np.flatnonzero((reach > max_fraction * len(sub)) & (sizes >= 8))
         if not len(wide) or kk >= max_growth * k:
             break
         wide = wide[np.argsort(-reach[wide], kind="stable")][:(max_growth * k - kk) // 3]
         if not len(wide):
             break
-        parts = [np.delete(cent, wide, axis=0)]
-        for b in wide:
-            four = kmeans(sub[lab == b], 4, spherical=True, n_iter=n_iter,
-                          seed=int(rng.integers(2**63)), block_bytes=block_bytes)
-            parts.append(four.centroids)
-        cent = np.vstack(parts)
+        extra = [sub[rng.choice(np.flatnonzero(lab == b), 3, replace=False)] for b in wide]
+        start = np.vstack([cent] + extra).astype(np.float64)
+        cent = kmeans(sub, len(start), spherical=True, n_iter=1, init=start,
+                      block_bytes=block_bytes).centroids
     return cent.astype(np.float32)
 
 
