@@ -79,8 +79,9 @@ def _best(d: dict, sets: list[str]) -> str:
         ("ID test images kept", b.get("id_kept")),
     ], mono=("model", "layer"))
         + f"<p class='muted'>An image whose confidence is below the threshold is flagged out "
-        f"of distribution; the threshold is the largest that keeps at least {esc(num(keep))} "
-        f"of the in-distribution test images. The confidences of all {n_images} scored images "
+        f"of distribution; the threshold is the largest that keeps at least "
+        f"{esc(f'{keep:.0%}' if is_num(keep) else keep)} of the in-distribution test images. "
+        f"The confidences of all {n_images} scored images "
         f"are in {esc('ood.json')} (best.confidences); "
         f"<code>zoolens.analyses.ood.score(DIR, images)</code> scores new ones.</p>"
         + table(rows, what="OOD sets"))
@@ -142,10 +143,12 @@ def _render(d: dict, page: Page, r: Result) -> str:
         out.append(_figure(page, r, rel, f"AUROC per layer and method, {model}",
                            f"{model}: AUROC (mean over the OOD sets) per layer and method."))
     if figures.get("curves"):
+        keep = s.get("keep", 0.95)
         out.append(_figure(page, r, figures["curves"], "ROC curves and histograms",
                            "Each model's best layer and method: ROC curves (OOD positive) and "
                            "the confidences of the ID test images and each OOD set, with the "
-                           "threshold keeping 95% of the ID test images."))
+                           "threshold keeping "
+                           f"{f'{keep:.0%}' if is_num(keep) else keep} of the ID test images."))
     if figures.get("examples"):
         out.append(_figure(page, r, figures["examples"], "OOD examples",
                            "The OOD images the best choice finds most in-distribution (the "
