@@ -136,7 +136,8 @@ def test_rows_are_the_array_functions_on_the_stored_features(run, zoo):
         where[(r["model"], r["method"])].add(r["layer"])
     assert {m for (model, m) in where if model == "planted"} == set(METHODS)
     assert where[("planted", "knn")] == {"0", "1", "penultimate"}
-    assert where[("planted", "energy")] == {"output"} and where[("planted", "vim")] == {"penultimate"}
+    assert where[("planted", "energy")] == {"output"}
+    assert where[("planted", "vim")] == {"penultimate"}
     assert {m for (model, m) in where if model == "headless"} == {
         "knn", "mahalanobis", "rmds", "feature_norm", "negative_aware_norm"}
     assert where[("headless", "knn")] == {"0", "1"}
@@ -301,7 +302,8 @@ def test_the_report_section_renders(run):
 
 def test_errors_name_the_input(tmp_path, zoo):
     base = dict(out=tmp_path, pretrained=False, **FAST)
-    with pytest.raises(InputError, match="nothing could be scored: energy: skipped headless: it has no classification"):
+    with pytest.raises(InputError, match="nothing could be scored: energy: skipped headless: "
+                                         "it has no classification head"):
         ood(zoo["headless"], TRAIN, ID_TEST, TensorSource(_flat(4, 0)), methods="energy", **base)
     with pytest.raises(InputError, match=r"methods 'knn,svm': unknown 'svm'; use any of knn"):
         ood(zoo["planted"], TRAIN, ID_TEST, TensorSource(_flat(4, 0)), methods="knn,svm", **base)

@@ -85,9 +85,13 @@ def photographs(n: int, size: int = 64, seed: int = 0) -> TensorSource | None:
     images, ids = [], []
     for i in range(n):
         photo, rnd = photos[i % len(photos)], i // len(photos)
-        side = min(photo.size) if rnd == 0 else int(min(photo.size) * rng.uniform(0.35, 0.8))
-        x0, y0 = ((photo.width - side) // 2, (photo.height - side) // 2) if rnd == 0 else (
-            int(rng.integers(0, photo.width - side + 1)), int(rng.integers(0, photo.height - side + 1)))
+        if rnd == 0:  # the whole photograph: its centre square
+            side = min(photo.size)
+            x0, y0 = (photo.width - side) // 2, (photo.height - side) // 2
+        else:
+            side = int(min(photo.size) * rng.uniform(0.35, 0.8))
+            x0 = int(rng.integers(0, photo.width - side + 1))
+            y0 = int(rng.integers(0, photo.height - side + 1))
         images.append(photo.crop((x0, y0, x0 + side, y0 + side)).resize((size, size),
                                                                         Image.BICUBIC))
         ids.append(f"photo_{_PHOTOS[i % len(photos)]}_{rnd}")

@@ -109,8 +109,10 @@ def _background(kind: str, rng: np.random.Generator, size: int) -> np.ndarray:
         base = 0.35 + 0.3 * ((np.floor(xx * cells) + np.floor(yy * cells)) % 2)
     elif kind == "waves":
         theta, freq, wobble = rng.uniform(0, np.pi), rng.uniform(2, 4), rng.uniform(1, 3)
-        along, across = np.cos(theta) * xx + np.sin(theta) * yy, -np.sin(theta) * xx + np.cos(theta) * yy
-        base = 0.5 + 0.3 * np.sin(2 * np.pi * (freq * along + 0.4 * np.sin(2 * np.pi * wobble * across)))
+        along = np.cos(theta) * xx + np.sin(theta) * yy
+        across = -np.sin(theta) * xx + np.cos(theta) * yy
+        wave = freq * along + 0.4 * np.sin(2 * np.pi * wobble * across)  # stripes that meander
+        base = 0.5 + 0.3 * np.sin(2 * np.pi * wave)
     elif kind == "dots":
         cells, radius = rng.integers(4, 8), rng.uniform(0.2, 0.35)
         fy, fx = (yy * cells) % 1 - 0.5, (xx * cells) % 1 - 0.5
@@ -122,7 +124,8 @@ def _background(kind: str, rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def render_scene(index: int, size: int = 64, seed: int = 0, max_objects: int = 2,
-                 shapes: tuple[str, ...] = SHAPES, backgrounds: tuple[str, ...] = BACKGROUNDS) -> Scene:
+                 shapes: tuple[str, ...] = SHAPES,
+                 backgrounds: tuple[str, ...] = BACKGROUNDS) -> Scene:
     """Scene `index` of the stream `seed`: same arguments, same pixels. Objects' shapes and the
     background are drawn from `shapes` and `backgrounds` (any of `SHAPES + EXTRA_SHAPES`,
     `BACKGROUNDS + EXTRA_BACKGROUNDS`); the defaults draw exactly the scenes of earlier

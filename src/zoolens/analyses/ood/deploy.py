@@ -95,10 +95,11 @@ def score(ood_dir: str | Path, images, *, model: Model | str | None = None,
         model = load(spec, pretrained=record["pretrained"], device=device, name=name,
                      seed=record["seed"])
     if model.weights_fingerprint() != record["weights_fingerprint"]:
+        was = record["weights_fingerprint"][:19]
         raise InputError(f"{model.name}: its weights ({model.weights_fingerprint()[:19]}...) are "
-                         f"not those {ood_dir} was scored with ({record['weights_fingerprint'][:19]}"
-                         f"..., spec {record['spec']}, seed {record['seed']}); pass model= "
-                         "loaded with the run's weights")
+                         f"not those {ood_dir} was scored with ({was}..., spec "
+                         f"{record['spec']}, seed {record['seed']}); pass model= loaded with "
+                         "the run's weights")
     train = Store(ood_dir / s["stores"][name]["train"])
     n_train = int(train.valid.sum())
     source = open_source(images)

@@ -33,12 +33,13 @@ definitions): AUROC, AUPR-In (ID positive, on conf), AUPR-Out (OOD positive, on 
 (the share of ID flagged at the first threshold catching 95% of the OOD set).
 
 The best layer per model and method is the one with the highest AUROC averaged over the OOD
-sets (compared to 12 decimals), the earliest layer on ties. The best (model, layer, method) overall gives, per image, the
-confidence of the ID test images and of every OOD set, and the deployment threshold: the
-largest t such that at least `keep` (95%) of the ID test images have confidence >= t. An image
-whose confidence is below t is flagged out of distribution; `zoolens.analyses.ood.score(out,
-images)` scores new images with that choice. (The best is picked on these OOD sets: it says
-what separated them, not what will separate OOD data nobody has seen.)
+sets (compared to 12 decimals), the earliest layer on ties. The best (model, layer, method)
+overall gives, per image, the confidence of the ID test images and of every OOD set, and the
+deployment threshold: the largest t such that at least `keep` (95%) of the ID test images have
+confidence >= t. An image whose confidence is below t is flagged out of distribution;
+`zoolens.analyses.ood.score(out, images)` scores new images with that choice. (The best is
+picked on these OOD sets: it says what separated them, not what will separate OOD data nobody
+has seen.)
 
 ``out/ood.json`` holds `OODResult.to_dict()`: ``results`` (one row per model, layer, method and
 OOD set: ``model, layer, layer_index, method, setting, ood, auroc, aupr_in, aupr_out, fpr,
