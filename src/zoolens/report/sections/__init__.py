@@ -6,7 +6,7 @@ below. Its order is the page's order (the demo's run record opens the page).
 
 from __future__ import annotations
 
-from . import compare, demo, discover, extract, layerstats, probe, rosetta, visualize
+from . import compare, demo, discover, extract, layerstats, ood, probe, rosetta, visualize
 from .base import Facts, Section
 
 __all__ = ["SECTIONS", "Section", "Facts"]
@@ -17,6 +17,7 @@ SECTIONS: dict[str, Section] = {s.kind: s for s in (
     rosetta.SECTION,
     compare.SECTION,
     probe.SECTION,
+    ood.SECTION,
     discover.SECTION,
     visualize.SECTION,
     layerstats.SECTION,
