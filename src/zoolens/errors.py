@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["ZoolensError", "UnknownModelError", "UnknownLayerError", "InputError", "NotFittedError"]
+__all__ = ["ZoolensError", "UnknownModelError", "UnknownLayerError", "InputError", "NotFittedError",
+           "BackendError"]
 
 
 class ZoolensError(Exception):
@@ -29,3 +30,7 @@ class InputError(ZoolensError, ValueError):
 
 class NotFittedError(ZoolensError, RuntimeError):
     """An estimator was used before `fit`."""
+
+
+class BackendError(ZoolensError, RuntimeError):
+    """A backend cannot run: Ray is not installed, a cluster does not answer, workers failed."""

@@ -86,6 +86,8 @@ class StoreWriter(Sink):
     that holds an unfinished extraction with the same settings resumes it (`todo()` lists what
     is left); with other settings it refuses, unless `overwrite`."""
 
+    on_driver = True  # its files are on the machine that started the run
+
     def __init__(self, out: str | Path, infos: dict[str, dict[str, TapInfo]],
                  pools: dict[str, dict[str, list[str]]], *, ids: list[str], labels=None,
                  dtype: str = "float16", chunk_size: int = 256, config: dict | None = None,
