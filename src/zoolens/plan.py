@@ -254,6 +254,8 @@ def extract(models: Sequence[Model], source: ImageSource, pools: dict[str, dict[
                                  amp=amp, progress=progress)
     finally:
         extra = {"last_run": {"images": summary.images, "seconds": round(summary.seconds, 3),
-                              "device": summary.device}} if summary else {}
+                              "device": summary.device,
+                              **({"nodes": len(summary.nodes)} if summary.nodes else {})}
+                 } if summary else {}
         writer.close(**extra)
     return writer.result()

@@ -46,6 +46,7 @@ import operator
 import pickle
 import socket
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Iterable, Sequence
 
@@ -219,23 +220,16 @@ class RayBackend(Backend):
         decoding_ref = ray.put(_Decoding(Decoder(source, zoo, need), units))
         log.info("ray: %d units of about %d images on %d worker(s) (%g CPU, %g GPU each)",
                  len(units), len(order) / len(units), workers, cpw, gpw)
-        data = ray.data.range(len(units), override_num_blocks=len(units))
-        # `memory`: what a decoding task holds (its unit's inputs, and their pickle). Declaring
-        # it also keeps Ray Data from fusing the decoding into the workers (it fuses a task
-        # stage into the next actor stage when their resource requests are equal), so images
-        # are decoded in tasks, beside the workers, not inside them.
-        data = data.map_batches(_decode_units, batch_size=1, fn_args=([decoding_ref],),
-                                num_cpus=decode_cpus, memory=_unit_bytes(zoo, units))
-        data = data.map_batches(_ZooWorker, batch_size=1, fn_constructor_args=([job_ref],),
-                                compute=ray.data.ActorPoolStrategy(size=workers),
-                                num_cpus=cpw, num_gpus=gpw)
-        # this dataset's settings only (the process' Ray Data defaults stay the user's):
-        data.context.enable_progress_bars = False  # zoolens draws its own bar
-        data.context.raise_original_map_exception = True  # a worker's InputError, as itself
         bar = progress_bar(len(order), progress, desc)
         start = time.perf_counter()
         try:
-            self._gather(data, units, remote, here, summary, bar, on_done)
+            # Ray Data copies its settings object per dataset, which sets (and warns about) its
+            # own deprecated fields: nothing a zoolens user can act on
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                data = self._dataset(ray, units, decoding_ref, job_ref, zoo, workers, cpw, gpw,
+                                     decode_cpus)
+                self._gather(data, units, remote, here, summary, bar, on_done)
         except ZoolensError:
             raise
         except Exception as exc:
@@ -255,6 +249,29 @@ class RayBackend(Backend):
         summary.device = f"ray ({workers} workers, {gpw:g} GPU and {cpw:g} CPU each)"
         summary.redone = sorted(redone)
         return summary
+
+    @staticmethod
+    def _dataset(ray, units, decoding_ref, job_ref, zoo, workers: int, cpw: float, gpw: float,
+                 decode_cpus: float):
+        """unit ids -> decoding tasks -> the actor pool of ZooWorkers."""
+        try:
+            data = ray.data.range(len(units), override_num_blocks=len(units))
+        except TypeError:  # Ray < 2.10 names it `parallelism`
+            data = ray.data.range(len(units), parallelism=len(units))
+        # `memory`: what a decoding task holds (its unit's inputs, and their pickle). Declaring
+        # it also keeps Ray Data from fusing the decoding into the workers (it fuses a task
+        # stage into the next actor stage when their resource requests are equal), so images
+        # are decoded in tasks, beside the workers, not inside them.
+        data = data.map_batches(_decode_units, batch_size=1, fn_args=([decoding_ref],),
+                                num_cpus=decode_cpus, memory=_unit_bytes(zoo, units))
+        data = data.map_batches(_ZooWorker, batch_size=1, fn_constructor_args=([job_ref],),
+                                compute=ray.data.ActorPoolStrategy(size=workers),
+                                num_cpus=cpw, num_gpus=gpw)
+        # this dataset's settings only (the process' Ray Data defaults stay the user's):
+        data.context.enable_progress_bars = False  # zoolens draws its own bar
+        if hasattr(data.context, "raise_original_map_exception"):  # newer Ray Data
+            data.context.raise_original_map_exception = True  # a worker's InputError, as itself
+        return data
 
     @staticmethod
     def _gather(data, units, remote: list[Sink], here: list[Sink], summary: RunSummary, bar,
