@@ -36,8 +36,10 @@ from test_sinks import BATCH, VIT, _sinks
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-def _ray_backend(**kw) -> RayBackend:
-    return RayBackend(workers=2, cpus_per_worker=0.5, **kw)
+def _ray_backend(workers: int = 1, **kw) -> RayBackend:
+    """Half a CPU per worker. One worker where two would only cost another actor start-up
+    (seconds each on 2 cores): merging per unit is exercised by several units either way."""
+    return RayBackend(workers=workers, cpus_per_worker=0.5, **kw)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -113,13 +115,13 @@ def test_extract_on_ray_writes_the_local_store_and_resumes(tmp_path, messy_dir, 
         real(self, batch)
 
     monkeypatch.setattr(StoreWriter, "update", stop_after_two_batches)
-    cut = invoke(["-o", str(tmp_path / "ray"), "--backend", "ray", "--workers", "2"])
+    cut = invoke(["-o", str(tmp_path / "ray"), "--backend", "ray", "--workers", "1"])
     assert cut.exit_code == 130, cut.output  # interrupted: finished chunks kept
     partial = zoolens.open_store(tmp_path / "ray")
     assert not partial.complete and partial.manifest["done_chunks"] == [0, 1]
     monkeypatch.setattr(StoreWriter, "update", real)
 
-    resumed = invoke(["-o", str(tmp_path / "ray"), "--backend", "ray", "--workers", "2",
+    resumed = invoke(["-o", str(tmp_path / "ray"), "--backend", "ray", "--workers", "1",
                       "--json"])
     assert resumed.exit_code == 0, resumed.output
     a, b = zoolens.open_store(tmp_path / "local"), zoolens.open_store(tmp_path / "ray")
@@ -155,8 +157,8 @@ def test_every_sink_on_ray_equals_the_local_run(vit, scenes_with_a_bad_one, tmp_
     kw = dict(batch_size=BATCH, progress=False, store=None)
     with one_thread():
         zoolens.plan.run([vit], source, local, backend="local", num_workers=0, **kw)
-    summary = zoolens.plan.run([vit], source, remote, backend=_ray_backend(images_per_unit=8),
-                               **kw)
+    summary = zoolens.plan.run([vit], source, remote, **kw,
+                               backend=_ray_backend(workers=2, images_per_unit=8))
     assert summary.images == 15 and len(summary.skipped) == 1 and summary.forwards == 4
     for (name, (_, read)), a, b in zip(made.items(), local, remote, strict=True):
         for got, want in zip(read(b), read(a), strict=True):
@@ -169,13 +171,18 @@ def test_every_sink_on_ray_equals_the_local_run(vit, scenes_with_a_bad_one, tmp_
 
 
 def test_rosetta_and_cka_on_ray_give_the_local_results(vit, cnn, tmp_path):
-    images = "synthetic:scenes?n=20&size=32&seed=1"
-    kw = dict(layers="blocks", batch_size=4, progress=False, concepts=3)
+    """Rosetta as in the paper: a generator draws the images (it runs first in each batch, on
+    the workers, and joins the zoo), a classifier and a ViT look at them."""
+    from zoolens.demo import DEMO_ZOO
+
+    zoo = [zoolens.load(DEMO_ZOO["classifier"], device="cpu"), vit]
+    kw = dict(generator=DEMO_ZOO["generator"], n_generated=20, layers="blocks", batch_size=4,
+              progress=False, concepts=3, mode="relaxed")
     with one_thread():
-        local = zoolens.rosetta([vit, cnn], images, num_workers=0, out=tmp_path / "local", **kw)
-    remote = zoolens.rosetta([vit, cnn], images, backend=_ray_backend(images_per_unit=8),
+        local = zoolens.rosetta(zoo, num_workers=0, out=tmp_path / "local", **kw)
+    remote = zoolens.rosetta(zoo, backend=_ray_backend(images_per_unit=8),
                              out=tmp_path / "ray", **kw)
-    assert remote.images == local.images == 20
+    assert remote.images == local.images == 20 and len(remote.models) == 3
     assert [s["units"] for s in remote.sets] == [s["units"] for s in local.sets] and local.sets
     _close([s["mean_correlation"] for s in remote.sets],
            [s["mean_correlation"] for s in local.sets])
@@ -187,6 +194,7 @@ def test_rosetta_and_cka_on_ray_give_the_local_results(vit, cnn, tmp_path):
         _close([p["correlation"] for p in remote.pairs[pair]],
                [p["correlation"] for p in buddies])
 
+    images = "synthetic:scenes?n=20&size=32&seed=1"
     cka = dict(layers_a="blocks", metric="cka", batch_size=4, progress=False)
     with one_thread():
         want = compare(vit, cnn, images, num_workers=0, **cka)
@@ -231,7 +239,7 @@ def test_a_worker_killed_mid_run_changes_nothing(vit, cnn, tmp_path):
     flag.touch()
     got = [CorrelationSink(layers, 8, jobs, track=True), _KillOnce(str(flag))]
     summary = zoolens.plan.run([vit, cnn], source, got, batch_size=4, progress=False,
-                               backend=_ray_backend(images_per_unit=8))
+                               backend=_ray_backend(workers=2, images_per_unit=8))
     assert not flag.exists()  # a worker did die
     assert len(summary.redone) == 1  # its unit was redone, once
     assert got[1].result() == want[1].result()  # every batch counted once, in order
