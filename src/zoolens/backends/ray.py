@@ -1,45 +1,53 @@
 """The Ray backend: decoding in Ray tasks, the zoo in a Ray Data actor pool, sinks merged here.
 
 A pass is cut into units: runs of consecutive batches (the engine's own `plan_batches`, so every
-batch holds the images it holds locally), about `images_per_unit` images each (a store's chunk
-when writing a store). Ray Data then runs
+batch holds the images it holds locally). Ray Data hands the units to a pool of workers:
 
-    unit ids -> map_batches(decode, tasks) -> map_batches(ZooWorker, ActorPoolStrategy(size=N))
+    unit ids -> map_batches(ZooWorker, compute=ActorPoolStrategy(size=N))
 
-- decode (a Ray task per unit): `zoolens.engine.Decoder.decode` on each image of the unit: the
-  image read and decoded once, every model's preprocessing applied, bad images turned into skips.
-- ZooWorker (a Ray actor; N of them, each with `cpus_per_worker` CPUs and `gpus_per_worker`
-  GPUs): the zoo deserialized once per actor, from one object shipped through Ray's object store.
-  Per unit it builds fresh copies of the sinks that may run anywhere (`Sink.fresh()`), runs
-  `zoolens.engine.forward_batch` on each batch and feeds them, and returns their states
-  (`state_dict()`), plus, for the sinks that stay here (`Sink.on_driver`: the store writer, a
-  sink that writes files or needs the whole stream), the parts of the batches they need.
+- ZooWorker (a Ray actor with `cpus_per_worker` CPUs and `gpus_per_worker` GPUs): the zoo is
+  deserialised once per actor, from one object shipped through Ray's object store. Per unit it
+  builds fresh copies of the sinks that may run anywhere (`Sink.fresh()`), and for each batch
+  runs `zoolens.engine.forward_batch` and feeds them; it returns their states (`state_dict()`),
+  plus, for the sinks that stay here (`Sink.on_driver`: the store writer, a sink that writes
+  files or needs the whole stream), the parts of the batches they need.
+- decoding (a Ray task per batch, launched by the worker a few batches ahead of its models):
+  `zoolens.engine.Decoder.decode` on each image: read and decoded once, every model's
+  preprocessing applied, bad images turned into skips. Per batch rather than per unit, so that
+  memory holds a few batches of inputs whatever the size of a unit.
 - here (the driver): units are taken in source order, whatever order they finish in; each
   unit's states are merged into the caller's sinks (`sink.merge(sink.fresh().load_state_dict(
   state))`), then its batches go to the driver-side sinks, then `on_done` (the planner's
   checkpoint). Merged in order, the sinks hold what a local run gives: sums exactly (to float
   rounding), concatenations and ties in the local order.
 
+Unit size. Every unit's states cross the network once and are added here, one after another,
+so with states to merge a unit is an eighth of a worker's share: the driver receives about
+8 x workers states (Rosetta's float64 tables between ResNet-50's and ViT-S's blocks: 2.2 GB
+each), not one per few hundred images. When only rows travel (extraction), a unit is a store
+chunk, so finished chunks reach the disk as they come. `images_per_unit` overrides both; what
+a dead worker loses, and what an interrupted run redoes, is at most the units in flight.
+
 Store rows go back to the driver, which writes them: the workers of a cluster need not see the
 driver's disk, the store stays one writer's (its manifest is never raced), and a pooled row is
 small next to what computed it (ResNet-50's 16 blocks mean-pooled: 30 KB of float16 per image).
 Writing shards to shared storage would spare that transfer only for full maps (`--pool none`),
-at the price of a second writer protocol and a shared filesystem on every node.
+at the price of a second writer protocol and a filesystem every node shares.
 
 Faults. Ray Data restarts a worker that dies and retries its unit on the new one; a unit counts
 only when its output reaches the driver, which ignores a second copy of a unit it already has,
 so no batch is lost or counted twice. A small bookkeeping actor counts the attempts of each
 unit: a unit that has killed `max_retries + 1` workers (one image that exhausts memory, say)
-stops the run, named, instead of looping. A run interrupted as a whole resumes through the
-planner, as a local one does: the store's finished chunks, the sinks' checkpoints.
-
-Merge cost: the driver deserialises and adds one state per unit, so it moves (units x the
-sinks' state bytes); `images_per_unit` trades that against the work a dead worker loses.
+stops the run, named, instead of looping. Decoding tasks are retried by Ray itself. A run
+interrupted as a whole resumes through the planner, as a local one does: the store's finished
+chunks, the sinks' checkpoints.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
+import itertools
 import logging
 import math
 import operator
@@ -68,6 +76,8 @@ log = logging.getLogger("zoolens")
 
 INSTALL_HINT = "pip install 'zoolens[ray]'"
 _PART_BYTES = 256 * 2**20  # a unit's output is cut into parts: Arrow binary values stay < 2 GiB
+_UNITS_PER_WORKER = 8  # with states to merge: units per worker (module docstring)
+_PREFETCH = 4  # batches a worker has decoding ahead of its models
 
 
 def _ray():
@@ -93,8 +103,9 @@ class RayBackend(Backend):
         Default: 1 when the cluster has GPUs (and `device` is not "cpu"), else 0.
     cpus_per_worker: CPUs per worker, fractions allowed; PyTorch uses that many threads
         (rounded up). Default: at most 1, leaving one CPU to the decoding tasks.
-    images_per_unit: images per unit of work (a store's chunk when writing a store, else about
-        256): what a dead worker loses, and how often states travel to the driver.
+    images_per_unit: images per unit of work. Default: a store chunk (about 256 images), grown
+        to an eighth of a worker's share when the sinks have states to merge (each unit's
+        states travel to the driver). A dead worker loses at most its unit.
     max_retries: how many dead workers one unit may cost before the run stops.
     """
 
@@ -197,27 +208,28 @@ class RayBackend(Backend):
             on_done: Callable[[list[int]], None] | None = None) -> RunSummary:
         zoo = running_order(models, source)
         order = list(range(len(source))) if indices is None else [int(i) for i in indices]
-        batches = plan_batches(order, batch_size, chunk_size)
-        units = _units(batches, self.images_per_unit or chunk_size
-                       or default_chunk_size(len(order), batch_size))
         summary = RunSummary(device="ray")
-        if not units:
+        if not order:
             return summary
         self.connect()
         ray = _ray()
         workers, cpw, gpw, decode_cpus = self._placement(ray, device)
         remote = [s for s in sinks if not s.on_driver]
         here = [s for s in sinks if s.on_driver]
+        batches = plan_batches(order, batch_size, chunk_size)
+        units = _units(batches, self._unit_images(len(order), batch_size, chunk_size, workers,
+                                                  merging=bool(remote)))
         ship = functools.reduce(operator.or_, [s.need for s in here], Need())
         tap_infos(zoo, need)  # the dry run describing the layers, once, before shipping
         move_zoo(zoo, torch.device("cpu"))  # shipped as CPU tensors: any worker can load them
+        decoder_ref = ray.put(Decoder(source, zoo, need))
         attempts = _attempts_actor().remote()
         job = _Job(zoo=zoo, source=source, need=need, ship=ship,
                    sinks=[s.fresh() for s in remote], device=None if device is None else
                    str(device), amp=amp, threads=max(1, math.ceil(cpw)),
-                   attempts=attempts, max_attempts=self.max_retries + 1, units=units)
+                   attempts=attempts, max_attempts=self.max_retries + 1, units=units,
+                   decoder=[decoder_ref], decode_cpus=decode_cpus)
         job_ref = ray.put(job)
-        decoding_ref = ray.put(_Decoding(Decoder(source, zoo, need), units))
         log.info("ray: %d units of about %d images on %d worker(s) (%g CPU, %g GPU each)",
                  len(units), len(order) / len(units), workers, cpw, gpw)
         bar = progress_bar(len(order), progress, desc)
@@ -227,8 +239,7 @@ class RayBackend(Backend):
             # own deprecated fields: nothing a zoolens user can act on
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
-                data = self._dataset(ray, units, decoding_ref, job_ref, zoo, workers, cpw, gpw,
-                                     decode_cpus)
+                data = self._dataset(ray, len(units), job_ref, workers, cpw, gpw)
                 self._gather(data, units, remote, here, summary, bar, on_done)
         except ZoolensError:
             raise
@@ -250,20 +261,25 @@ class RayBackend(Backend):
         summary.redone = sorted(redone)
         return summary
 
+    def _unit_images(self, n: int, batch_size: int, chunk_size: int | None, workers: int, *,
+                     merging: bool) -> int:
+        """Images per unit: `images_per_unit`, else a store chunk, grown to an eighth of a
+        worker's share when there are states to merge (module docstring)."""
+        if self.images_per_unit:
+            return int(self.images_per_unit)
+        chunk = chunk_size or default_chunk_size(n, batch_size)
+        if not merging:
+            return chunk
+        share = -(-n // (_UNITS_PER_WORKER * workers))
+        return chunk * max(1, -(-share // chunk))
+
     @staticmethod
-    def _dataset(ray, units, decoding_ref, job_ref, zoo, workers: int, cpw: float, gpw: float,
-                 decode_cpus: float):
-        """unit ids -> decoding tasks -> the actor pool of ZooWorkers."""
+    def _dataset(ray, n_units: int, job_ref, workers: int, cpw: float, gpw: float):
+        """unit ids -> the actor pool of ZooWorkers."""
         try:
-            data = ray.data.range(len(units), override_num_blocks=len(units))
+            data = ray.data.range(n_units, override_num_blocks=n_units)
         except TypeError:  # Ray < 2.10 names it `parallelism`
-            data = ray.data.range(len(units), parallelism=len(units))
-        # `memory`: what a decoding task holds (its unit's inputs, and their pickle). Declaring
-        # it also keeps Ray Data from fusing the decoding into the workers (it fuses a task
-        # stage into the next actor stage when their resource requests are equal), so images
-        # are decoded in tasks, beside the workers, not inside them.
-        data = data.map_batches(_decode_units, batch_size=1, fn_args=([decoding_ref],),
-                                num_cpus=decode_cpus, memory=_unit_bytes(zoo, units))
+            data = ray.data.range(n_units, parallelism=n_units)
         data = data.map_batches(_ZooWorker, batch_size=1, fn_constructor_args=([job_ref],),
                                 compute=ray.data.ActorPoolStrategy(size=workers),
                                 num_cpus=cpw, num_gpus=gpw)
@@ -312,15 +328,6 @@ def _absorb(payload: dict, remote: list[Sink], here: list[Sink], summary: RunSum
         count_batch(summary, batch, bar)
     summary.forwards += payload["forwards"]
     summary.nodes[payload["node"]] = summary.nodes.get(payload["node"], 0) + 1
-
-
-def _unit_bytes(zoo: Sequence[Model], units: list[list[list[int]]]) -> int:
-    """Memory a decoding task holds: the largest unit's inputs for every model, twice (the
-    tensors and their pickle) on top of a worker process with PyTorch loaded (about 512 MiB:
-    Ray Data warns when a task uses more than it declared)."""
-    per_image = sum(4 * math.prod(m.input_shape) for m in zoo)
-    largest = max(sum(len(b) for b in unit) for unit in units)
-    return 512 * 2**20 + 2 * per_image * largest
 
 
 def _units(batches: list[list[int]], images: int) -> list[list[list[int]]]:
@@ -414,12 +421,8 @@ class _Job:
     attempts: object  # the _Attempts actor
     max_attempts: int
     units: list[list[list[int]]]
-
-
-@dataclass
-class _Decoding:
-    decoder: Decoder
-    units: list[list[list[int]]]
+    decoder: list  # [ObjectRef of the Decoder], boxed: fetched once per process, not per task
+    decode_cpus: float  # per decoding task
 
 
 _CACHE: dict[str, object] = {}
@@ -442,13 +445,17 @@ def _objects(values: list) -> np.ndarray:
     return out
 
 
-def _decode_units(rows: dict[str, np.ndarray], box: list) -> dict[str, np.ndarray]:
-    """A Ray task: decode and preprocess every image of the units in `rows`."""
-    job: _Decoding = _fetch(box[0])
-    units = [int(u) for u in rows["id"]]
-    items = [pickle.dumps([[job.decoder.decode(i) for i in batch] for batch in job.units[u]],
-                          protocol=5) for u in units]
-    return {"unit": np.asarray(units, np.int64), "items": _objects(items)}
+def _decode_batch(box: list, indices: list[int]) -> list:
+    """A Ray task: one batch decoded and preprocessed for every model."""
+    decoder: Decoder = _fetch(box[0])
+    return [decoder.decode(i) for i in indices]
+
+
+@functools.cache
+def _decode_task(cpus: float):
+    import ray
+
+    return ray.remote(num_cpus=cpus)(_decode_batch)
 
 
 def _worker_device(requested: str | None, ray) -> torch.device:
@@ -482,7 +489,7 @@ class _ZooWorker:
         import ray
 
         out: dict[str, list] = {"unit": [], "part": [], "parts": [], "payload": []}
-        for unit, blob in zip(rows["unit"], rows["items"]):
+        for unit in rows["id"]:
             unit = int(unit)
             tries = ray.get(self.job.attempts.start.remote(unit))
             if tries > self.job.max_attempts:
@@ -490,7 +497,7 @@ class _ZooWorker:
                 raise BackendError(f"images {first}..{last} killed {tries - 1} Ray workers "
                                    "(out of memory?); run them with --backend local to see why, "
                                    "or use a smaller --batch-size")
-            data = pickle.dumps(self._unit(pickle.loads(blob)), protocol=5)
+            data = pickle.dumps(self._unit(self.job.units[unit]), protocol=5)
             cut = [data[k:k + _PART_BYTES] for k in range(0, len(data), _PART_BYTES)] or [b""]
             out["unit"] += [unit] * len(cut)
             out["part"] += list(range(len(cut)))
@@ -499,11 +506,26 @@ class _ZooWorker:
         return {"unit": np.asarray(out["unit"], np.int64), "part": np.asarray(out["part"], np.int64),
                 "parts": np.asarray(out["parts"], np.int64), "payload": _objects(out["payload"])}
 
-    def _unit(self, batches: list[list]) -> dict:
+    def _decoded(self, batches: list[list[int]]):
+        """The unit's batches decoded by Ray tasks, in order, `_PREFETCH` batches ahead."""
+        import ray
+
+        task = _decode_task(self.job.decode_cpus)
+        pending: collections.deque = collections.deque()
+        ahead = iter(batches)
+        for batch in itertools.islice(ahead, _PREFETCH):
+            pending.append(task.remote(self.job.decoder, batch))
+        while pending:
+            items = ray.get(pending.popleft())
+            for batch in itertools.islice(ahead, 1):
+                pending.append(task.remote(self.job.decoder, batch))
+            yield items
+
+    def _unit(self, batches: list[list[int]]) -> dict:
         job = self.job
         sinks = [s.fresh() for s in job.sinks]
         shipped, forwards = [], 0
-        for items in batches:
+        for items in self._decoded(batches):
             batch = forward_batch(job.zoo, job.source, items, job.need, self.infos, self.device,
                                   self.autocast, self.decoder)
             forwards += len(job.zoo) if batch.indices else 0
