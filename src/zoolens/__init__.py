@@ -5,7 +5,9 @@ from .analyses.probes import knn_classify, logme, probe, zeroshot_classifier, ze
 from .analyses.rosetta import rosetta
 from .analyses.similarity import linear_cka as cka
 from .analyses.similarity import mutual_knn, unbiased_cka
-from .errors import InputError, NotFittedError, UnknownLayerError, UnknownModelError, ZoolensError
+from .backends import LocalBackend, RayBackend
+from .errors import (BackendError, InputError, NotFittedError, UnknownLayerError,
+                     UnknownModelError, ZoolensError)
 from .extract import extract
 from .sources import open_source
 from .store import Store, open_store
@@ -15,4 +17,5 @@ __version__ = "0.1.0"
 __all__ = ["load", "list_models", "Model", "extract", "open_store", "Store", "open_source",
            "rosetta", "probe", "knn_classify", "zeroshot_classifier", "zeroshot_scores",
            "cka", "unbiased_cka", "mutual_knn", "logme", "ncut", "maskcut", "discover", "visualize", "ZoolensError", "UnknownModelError",
-           "UnknownLayerError", "InputError", "NotFittedError"]
+           "UnknownLayerError", "InputError", "NotFittedError", "BackendError", "LocalBackend",
+           "RayBackend"]

@@ -77,7 +77,7 @@ log = logging.getLogger("zoolens")
 INSTALL_HINT = "pip install 'zoolens[ray]'"
 _PART_BYTES = 256 * 2**20  # a unit's output is cut into parts: Arrow binary values stay < 2 GiB
 _UNITS_PER_WORKER = 8  # with states to merge: units per worker (module docstring)
-_PREFETCH = 4  # batches a worker has decoding ahead of its models
+_MAX_PREFETCH = 64  # batches a worker may have decoding ahead of its models
 
 
 def _ray():
@@ -192,7 +192,7 @@ class RayBackend(Backend):
         cpw = self.cpus_per_worker
         if cpw is None:
             cpw = min(1.0, (cpus - 1) / workers) if cpus > 1 else cpus / (2 * workers)
-        free = cpus - cpw * workers
+        free = _free_cpus(ray, workers, cpw)
         if free <= 1e-9:
             raise BackendError(f"--workers {workers} x {cpw:g} CPUs leaves no CPU of the "
                                f"cluster's {cpus:g} for decoding the images; use fewer workers "
@@ -228,7 +228,10 @@ class RayBackend(Backend):
                    sinks=[s.fresh() for s in remote], device=None if device is None else
                    str(device), amp=amp, threads=max(1, math.ceil(cpw)),
                    attempts=attempts, max_attempts=self.max_retries + 1, units=units,
-                   decoder=[decoder_ref], decode_cpus=decode_cpus)
+                   decoder=[decoder_ref], decode_cpus=decode_cpus,
+                   # decoding ahead: the CPUs left to each worker's decoding, at least 2 batches
+                   prefetch=max(2, min(_MAX_PREFETCH,
+                                       int(_free_cpus(ray, workers, cpw) / workers / decode_cpus))))
         job_ref = ray.put(job)
         log.info("ray: %d units of about %d images on %d worker(s) (%g CPU, %g GPU each)",
                  len(units), len(order) / len(units), workers, cpw, gpw)
@@ -276,10 +279,13 @@ class RayBackend(Backend):
     @staticmethod
     def _dataset(ray, n_units: int, job_ref, workers: int, cpw: float, gpw: float):
         """unit ids -> the actor pool of ZooWorkers."""
+        # blocks made here (no read task, which would need a whole CPU of its own), one per
+        # unit so that units spread over the workers
+        items = [{"id": u} for u in range(n_units)]
         try:
-            data = ray.data.range(n_units, override_num_blocks=n_units)
+            data = ray.data.from_items(items, override_num_blocks=n_units)
         except TypeError:  # Ray < 2.10 names it `parallelism`
-            data = ray.data.range(n_units, parallelism=n_units)
+            data = ray.data.from_items(items, parallelism=n_units)
         data = data.map_batches(_ZooWorker, batch_size=1, fn_constructor_args=([job_ref],),
                                 compute=ray.data.ActorPoolStrategy(size=workers),
                                 num_cpus=cpw, num_gpus=gpw)
@@ -328,6 +334,11 @@ def _absorb(payload: dict, remote: list[Sink], here: list[Sink], summary: RunSum
         count_batch(summary, batch, bar)
     summary.forwards += payload["forwards"]
     summary.nodes[payload["node"]] = summary.nodes.get(payload["node"], 0) + 1
+
+
+def _free_cpus(ray, workers: int, cpus_per_worker: float) -> float:
+    """The cluster's CPUs left to the decoding tasks once the workers hold theirs."""
+    return float(ray.cluster_resources().get("CPU", 0)) - workers * cpus_per_worker
 
 
 def _units(batches: list[list[int]], images: int) -> list[list[list[int]]]:
@@ -423,6 +434,7 @@ class _Job:
     units: list[list[list[int]]]
     decoder: list  # [ObjectRef of the Decoder], boxed: fetched once per process, not per task
     decode_cpus: float  # per decoding task
+    prefetch: int  # batches decoding ahead of the models, per worker
 
 
 _CACHE: dict[str, object] = {}
@@ -507,13 +519,13 @@ class _ZooWorker:
                 "parts": np.asarray(out["parts"], np.int64), "payload": _objects(out["payload"])}
 
     def _decoded(self, batches: list[list[int]]):
-        """The unit's batches decoded by Ray tasks, in order, `_PREFETCH` batches ahead."""
+        """The unit's batches decoded by Ray tasks, in order, `prefetch` batches ahead."""
         import ray
 
         task = _decode_task(self.job.decode_cpus)
         pending: collections.deque = collections.deque()
         ahead = iter(batches)
-        for batch in itertools.islice(ahead, _PREFETCH):
+        for batch in itertools.islice(ahead, self.job.prefetch):
             pending.append(task.remote(self.job.decoder, batch))
         while pending:
             items = ray.get(pending.popleft())
