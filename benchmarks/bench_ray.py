@@ -1,19 +1,22 @@
 """The Ray backend against the local one (issue 12: scale out on Ray).
 
-1. Overhead: the same extraction (ResNet-18, random weights, a folder of 224 px JPEGs rendered
-   once from synthetic scenes, its 8 blocks mean-pooled into a feature store, batch 32) on the
-   local backend and on Ray with one worker running as many PyTorch threads, alternated A/B
-   `--repeats` times (the machine is shared), for 2 threads and for 1. Reported: the wall time
-   of the whole run (Ray's start-up included: the actor's process, imports, the model's
-   deserialisation) and the steady rate (images/s from the first batch or unit reaching the
-   driver to the last), whose ratio is the per-image overhead.
-2. Scaling: the same job on Ray with 1, 2 and 4 workers of half a CPU (one thread) each, on a
-   local cluster of `--cluster-cpus` logical CPUs: the steady rate of each.
-3. Merge cost: a worker's `state_dict()` pickled, then on the driver unpickled, loaded into a
-   fresh sink and merged, for Rosetta's `CrossCorrelation` tables of growing size: seconds per
-   GB, extrapolated to the tables of real zoos.
+The job: extraction of ResNet-18 (random weights) over a folder of 224 px JPEGs (rendered once
+from synthetic scenes), its 8 blocks mean-pooled into a feature store, batch 32. Each setting
+runs the job on `--small` and on `--large` images: the difference of the two wall times gives
+the marginal rate (images/s once everything has started, immune to how results bunch up on
+their way to the driver) and the fixed cost (start-up: for Ray the worker's process, its
+imports, the model's deserialisation, the first batches).
 
-    python benchmarks/bench_ray.py [--images 512] [--scaling-images 512] [--repeats 2]
+1. Overhead: the local backend against Ray with one worker, with the same number of PyTorch
+   threads (`--threads`, default 1: on a shared 2-core machine 2 threads and 2 decoding
+   processes oversubscribe the cores and make the local run the slower one).
+2. Scaling: Ray with 1, 2 and 4 workers of half a CPU (one thread) each, on a local cluster of
+   `--cluster-cpus` logical CPUs.
+3. Merge cost: a worker's `state_dict()` pickled, then on the driver unpickled, loaded into a
+   fresh sink and merged, for Rosetta's `CrossCorrelation` tables of growing size: GB/s,
+   extrapolated to the tables of real zoos.
+
+    python benchmarks/bench_ray.py [--small 256] [--large 1024] [--threads 1]
                                    [--cluster-cpus 4] [--skip-overhead] [--skip-scaling]
                                    [--skip-merge]
 """
@@ -27,43 +30,9 @@ import statistics
 import tempfile
 import time
 
-import numpy as np
 import torch
 
 SPEC = "torchvision:resnet18"
-
-
-class _Clock:
-    """A driver-side sink that notes when each batch's features reach the driver."""
-
-    def __init__(self):
-        from zoolens.sinks import Sink
-
-        class Clock(Sink):
-            on_driver = True
-
-            def __init__(self, need):
-                self.need = need
-                self.marks: list[tuple[float, int]] = []
-
-            def update(self, batch):
-                self.marks.append((time.perf_counter(), len(batch.indices)))
-
-            def result(self):
-                return self.marks
-
-        self.cls = Clock
-
-
-def _steady(marks: list[tuple[float, int]]) -> float:
-    """Images per second from the first mark to the last (the first mark's images excluded):
-    the rate once everything has started."""
-    times = sorted({t for t, _ in marks})
-    if len(times) < 2:
-        return float("nan")
-    first = times[0]
-    images = sum(n for t, n in marks if t > first)
-    return images / (times[-1] - first)
 
 
 def jpeg_folder(n: int, root: str) -> list[str]:
@@ -78,67 +47,65 @@ def jpeg_folder(n: int, root: str) -> list[str]:
     return paths
 
 
-def one_run(model, images, backend, batch_size: int, num_workers=None) -> dict:
+def one_run(model, images: list[str], backend, batch_size: int) -> dict:
+    """`zoolens.extract` of the 8 blocks, mean-pooled, into a fresh store: wall time."""
     import zoolens
-    import zoolens.plan
-    from zoolens.sinks import Need
 
-    source = zoolens.open_source(images)
-    n = len(source)
-    blocks = model.select("blocks")
-    clock = _Clock().cls(Need.of({model.name: blocks}, "mean"))
     with tempfile.TemporaryDirectory() as out:
         t = time.perf_counter()
-        summary = zoolens.plan.run([model], source, [clock], store=f"{out}/store",
-                                   batch_size=batch_size, num_workers=num_workers,
-                                   progress=False, backend=backend)
+        store = zoolens.extract(model, images, layers="blocks", out=f"{out}/store",
+                                batch_size=batch_size, progress=False, backend=backend)
         wall = time.perf_counter() - t
-    assert summary.images == n
-    return {"wall_s": wall, "steady_img_s": _steady(clock.marks), "img_s": n / wall,
-            "device": summary.device}
+        assert store.complete and int(store.valid.sum()) == len(images)
+        device = store.manifest["last_run"]["device"]
+    return {"wall_s": wall, "device": device}
 
 
-def overhead(images: list[str], batch_size: int, repeats: int) -> None:
+def _marginal(model, images: list[str], small: int, backend, batch_size: int) -> dict:
+    """Walls on the small and the whole job; the marginal rate and the fixed cost."""
+    a = one_run(model, images[:small], backend, batch_size)
+    b = one_run(model, images, backend, batch_size)
+    rate = (len(images) - small) / (b["wall_s"] - a["wall_s"])
+    return {"wall_small_s": a["wall_s"], "wall_s": b["wall_s"], "rate": rate,
+            "fixed_s": b["wall_s"] - len(images) / rate, "device": b["device"]}
+
+
+def overhead(images: list[str], small: int, batch_size: int, threads: int) -> None:
     import zoolens
     from zoolens.backends import RayBackend
 
     model = zoolens.load(SPEC, pretrained=False, device="cpu")
     before = torch.get_num_threads()
-    print(f"overhead: {len(images)} JPEGs, {SPEC}, batch {batch_size}, medians of {repeats}")
-    for threads in (2, 1):
-        runs: dict[str, list[dict]] = {"local": [], "ray": []}
-        # a worker's threads are its CPUs rounded up: threads - 0.5 CPUs gives `threads`
-        ray_one = RayBackend(workers=1, cpus_per_worker=threads - 0.5)
-        for _ in range(repeats):
-            torch.set_num_threads(threads)
-            runs["local"].append(one_run(model, images, "local", batch_size))
-            torch.set_num_threads(before)
-            runs["ray"].append(one_run(model, images, ray_one, batch_size))
-        med = {k: {m: statistics.median(r[m] for r in v) for m in ("wall_s", "steady_img_s")}
-               for k, v in runs.items()}
-        for name in ("local", "ray"):
-            print(f"  {threads} thread(s), {name:5s}: wall {med[name]['wall_s']:6.1f} s, steady "
-                  f"{med[name]['steady_img_s']:6.2f} img/s  (walls "
-                  f"{[round(r['wall_s'], 1) for r in runs[name]]})")
-        print(f"  {threads} thread(s): ray/local wall {med['ray']['wall_s'] / med['local']['wall_s']:.3f}"
-              f", per image (steady) {med['local']['steady_img_s'] / med['ray']['steady_img_s']:.3f}"
-              f"; Ray start-up about "
-              f"{med['ray']['wall_s'] - len(images) / med['ray']['steady_img_s']:.0f} s")
+    torch.set_num_threads(threads)
+    local = _marginal(model, images, small, "local", batch_size)
+    torch.set_num_threads(before)
+    # a worker's threads are its CPUs rounded up: threads - 0.5 CPUs gives `threads`
+    ray_one = _marginal(model, images, small, RayBackend(workers=1, cpus_per_worker=threads - 0.5),
+                        batch_size)
+    print(f"overhead: {SPEC}, batch {batch_size}, {threads} PyTorch thread(s), "
+          f"{small} and {len(images)} JPEGs")
+    for name, r in (("local", local), ("ray, 1 worker", ray_one)):
+        print(f"  {name:14s} wall {r['wall_small_s']:6.1f} s and {r['wall_s']:6.1f} s: "
+              f"{r['rate']:6.2f} img/s once started, fixed cost {r['fixed_s']:5.1f} s "
+              f"[{r['device']}]")
+    print(f"  ray/local: wall {ray_one['wall_s'] / local['wall_s']:.3f} on {len(images)} images "
+          f"({ray_one['wall_small_s'] / local['wall_small_s']:.3f} on {small}); per image "
+          f"{local['rate'] / ray_one['rate']:.3f}")
 
 
-def scaling(images: list[str], batch_size: int) -> None:
+def scaling(images: list[str], small: int, batch_size: int) -> None:
     import zoolens
     from zoolens.backends import RayBackend
 
     model = zoolens.load(SPEC, pretrained=False, device="cpu")
-    print(f"scaling: {len(images)} JPEGs, workers of 0.5 CPU (1 thread) each")
+    print(f"scaling: workers of 0.5 CPU (1 thread) each, {small} and {len(images)} JPEGs")
     base = None
     for workers in (1, 2, 4):
-        r = one_run(model, images, RayBackend(workers=workers, cpus_per_worker=0.5),
-                    batch_size)
-        base = base or r["steady_img_s"]
-        print(f"  {workers} worker(s): steady {r['steady_img_s']:.2f} img/s "
-              f"(x{r['steady_img_s'] / base:.2f}), wall {r['wall_s']:.1f} s")
+        r = _marginal(model, images, small, RayBackend(workers=workers, cpus_per_worker=0.5),
+                      batch_size)
+        base = base or r["rate"]
+        print(f"  {workers} worker(s): {r['rate']:6.2f} img/s once started (x{r['rate'] / base:.2f}),"
+              f" fixed cost {r['fixed_s']:5.1f} s, wall {r['wall_s']:.1f} s")
 
 
 def merge_cost(repeats: int = 3) -> None:
@@ -182,9 +149,9 @@ def merge_cost(repeats: int = 3) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--images", type=int, default=512)
-    ap.add_argument("--scaling-images", type=int, default=512)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--small", type=int, default=256)
+    ap.add_argument("--large", type=int, default=1024)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--cluster-cpus", type=int, default=4)
     ap.add_argument("--skip-overhead", action="store_true")
@@ -204,11 +171,11 @@ def main() -> None:
     print(f"ray {ray.__version__}: a local cluster of {args.cluster_cpus} logical CPUs started "
           f"in {time.perf_counter() - t:.1f} s (once per process)")
     with tempfile.TemporaryDirectory() as root:
-        images = jpeg_folder(max(args.images, args.scaling_images), root)
+        images = jpeg_folder(args.large, root)
         if not args.skip_overhead:
-            overhead(images[:args.images], args.batch_size, args.repeats)
+            overhead(images, args.small, args.batch_size, args.threads)
         if not args.skip_scaling:
-            scaling(images[:args.scaling_images], args.batch_size)
+            scaling(images, args.small, args.batch_size)
 
 
 if __name__ == "__main__":

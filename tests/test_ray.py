@@ -239,8 +239,11 @@ def test_a_worker_killed_mid_run_changes_nothing(vit, cnn, tmp_path):
     flag.touch()
     got = [CorrelationSink(layers, 8, jobs, track=True), _KillOnce(str(flag))]
     summary = zoolens.plan.run([vit, cnn], source, got, batch_size=4, progress=False,
-                               backend=_ray_backend(workers=2, images_per_unit=8))
+                               backend=_ray_backend(workers=2, images_per_unit=8),
+                               checkpoint=tmp_path / "state.pt", key="k", every=8)
     assert not flag.exists()  # a worker did die
+    saved = torch.load(tmp_path / "state.pt", weights_only=False)  # the planner's checkpoint
+    assert saved["done"] == list(range(24)) and saved["sinks"][1]["batches"] == want[1].batches
     assert len(summary.redone) == 1  # its unit was redone, once
     assert got[1].result() == want[1].result()  # every batch counted once, in order
     assert summary.images == 24 and summary.forwards == 6 * 2  # 6 batches, 2 models
