@@ -11,7 +11,8 @@ batch holds the images it holds locally). Ray Data hands the units to a pool of 
   runs `zoolens.engine.forward_batch` and feeds them; it returns their states (`state_dict()`),
   plus, for the sinks that stay here (`Sink.on_driver`: the store writer, a sink that writes
   files or needs the whole stream), the parts of the batches they need.
-- decoding (a Ray task per batch, launched by the worker a few batches ahead of its models):
+- decoding (a Ray task per batch, launched by the worker ahead of its models, as many batches
+  as there are CPUs left to it):
   `zoolens.engine.Decoder.decode` on each image: read and decoded once, every model's
   preprocessing applied, bad images turned into skips. Per batch rather than per unit, so that
   memory holds a few batches of inputs whatever the size of a unit.
