@@ -8,7 +8,9 @@ from .analyses.ood import ood
 from .analyses.similarity import compare
 from .analyses.similarity import linear_cka as cka
 from .analyses.similarity import mutual_knn, unbiased_cka
-from .errors import InputError, NotFittedError, UnknownLayerError, UnknownModelError, ZoolensError
+from .backends import LocalBackend, RayBackend
+from .errors import (BackendError, InputError, NotFittedError, UnknownLayerError,
+                     UnknownModelError, ZoolensError)
 from .extract import extract
 from .sources import open_source
 from .sinks import Batch, Need, Sink
@@ -21,4 +23,4 @@ __all__ = ["load", "list_models", "Model", "extract", "open_store", "Store", "op
            "knn_classify", "zeroshot_classifier", "zeroshot_scores", "cka", "unbiased_cka",
            "mutual_knn", "logme", "ncut", "maskcut", "Sink", "Need", "Batch",
            "ZoolensError", "UnknownModelError", "UnknownLayerError", "InputError",
-           "NotFittedError"]
+           "NotFittedError", "BackendError", "LocalBackend", "RayBackend"]

@@ -8,21 +8,22 @@ from typing import Annotated
 
 import typer
 
-from ._app import Device, Verbose, app, call, console
+from ._app import Device, Verbose, app, call, console, with_backend
 
 
 @app.command()
+@with_backend
 def demo(out: Annotated[Path, typer.Option("--out", "-o", help="output folder")]
          = Path("zoolens-demo"),
          images: Annotated[int, typer.Option(help="images per analysis")] = 64,
-         device: Device = None, verbose: Verbose = False):
+         device: Device = None, backend=None, verbose: Verbose = False):
     """Rosetta mining (generator included), CKA, the probe leaderboard, object discovery and
     out-of-distribution detection on the built-in demo zoo, scored against the scenes' ground
     truth -> OUT/report.html."""
     from ..demo.run import run_demo
 
     with call(verbose=verbose):
-        report = run_demo(out, images=images, device=device)
+        report = run_demo(out, images=images, device=device, backend=backend)
     summary = json.loads((Path(out) / "demo.json").read_text())
     for row in summary["concept_scores"]:
         console.print(f"concept {row['concept']}: best match [bold]{row['best_match']}[/] "

@@ -8,8 +8,8 @@ from typing import Annotated, List, Optional
 import typer
 from rich.table import Table
 
-from ._app import (BatchSize, Device, Json, Layers, Models, NoPretrained, Out, Verbose, Workers,
-                   _at_least, app, call, console, emit_json, fail)
+from ._app import (BatchSize, Device, Json, Layers, Models, NoPretrained, Out, Seed, Verbose,
+                   Workers, _at_least, app, call, console, emit_json, fail, with_backend)
 
 __all__ = ["ood"]
 
@@ -29,6 +29,7 @@ def _best_table(result) -> Table:
 
 
 @app.command()
+@with_backend
 def ood(model: Models,
         train: Annotated[str, typer.Option(
             "--train", help=f"in-distribution training images: {_SOURCES_HELP} (class folders "
@@ -55,9 +56,9 @@ def ood(model: Models,
         dtype: Annotated[str, typer.Option(help="float16 | float32 features on disk")]
         = "float16",
         no_pretrained: NoPretrained = False,
-        seed: Annotated[int, typer.Option(help="seed of random weights")] = 0,
+        seed: Seed = 0,
         overwrite: Annotated[bool, typer.Option(help="extract the features again")] = False,
-        as_json: Json = False, verbose: Verbose = False):
+        backend=None, as_json: Json = False, verbose: Verbose = False):
     """Which images are out of distribution? Every model, layer and method (k-NN,
     Mahalanobis, RMDS, feature norms; energy, MSP, max logit and ViM for classifiers) scored
     by AUROC, AUPR and FPR@95 on each OOD set; the best choice and a threshold keeping 95% of
@@ -77,7 +78,8 @@ def ood(model: Models,
         result = run_ood(model, train, id_test, list(ood_sets), layers=layers, methods=chosen,
                          k=k, vim_dim=vim_dim, keep=keep, out=out,
                          pretrained=not no_pretrained, seed=seed, batch_size=batch_size,
-                         device=device, num_workers=workers, dtype=dtype, overwrite=overwrite)
+                         device=device, num_workers=workers, dtype=dtype, overwrite=overwrite,
+                         backend=backend)
     console.print(_best_table(result))
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)

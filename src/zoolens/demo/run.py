@@ -131,10 +131,12 @@ def _discovery_scores(summary: dict, scenes: SyntheticScenes, out: Path) -> dict
 
 
 def run_demo(out: str | Path = "zoolens-demo", *, images: int = 64, device=None,
-             pretrained: bool = True, progress: bool = True) -> Path:
+             pretrained: bool = True, progress: bool = True, backend=None) -> Path:
     """Run the whole demo into `out` and return the path of `out/report.html`.
-    `pretrained=False` runs the same pipeline on untrained networks (for tests)."""
+    `pretrained=False` runs the same pipeline on untrained networks (for tests). backend:
+    where the models run ("local", "ray" or a `zoolens.RayBackend`)."""
     import zoolens
+    from ..backends import resolve_backend
     from ..analyses.discovery import discover
     from ..analyses.ood import ood
     from ..analyses.similarity import compare
@@ -145,7 +147,12 @@ def run_demo(out: str | Path = "zoolens-demo", *, images: int = 64, device=None,
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    models = {name: zoolens.load(spec, pretrained=pretrained, device=device, name=name)
+    runner = resolve_backend(backend)
+    # small models and batches: decoding in this process beats starting DataLoader workers
+    run = {"backend": runner, "num_workers": 0 if runner.name == "local" else None,
+           "device": device}
+    models = {name: zoolens.load(spec, pretrained=pretrained, device=runner.load_device(device),
+                                 name=name)
               for name, spec in DEMO_ZOO.items()}
 
     # 1. Rosetta neurons, the generator drawing encoded held-out scenes
@@ -155,8 +162,8 @@ def run_demo(out: str | Path = "zoolens-demo", *, images: int = 64, device=None,
     drawn = GeneratedImages(models["generator"], latents=latents, ids=scenes.ids)
     result = zoolens.rosetta([models["classifier"], models["ssl_vit"]], drawn, layers="blocks",
                              mode="relaxed", k=5,
-                             concepts=6, batch_size=32, num_workers=0, progress=progress,
-                             out=out / "rosetta")
+                             concepts=6, batch_size=32, progress=progress,
+                             out=out / "rosetta", **run)
     scores = score_concepts(result, scenes, out / "rosetta")
     saved = json.loads((out / "rosetta" / "rosetta.json").read_text())
     saved["concept_scores"] = scores
@@ -167,7 +174,7 @@ def run_demo(out: str | Path = "zoolens-demo", *, images: int = 64, device=None,
     start = time.perf_counter()
     compare(models["classifier"], models["ssl_vit"],
             f"synthetic:scenes?n={images}&size=64&seed={_SEEDS['compare']}",
-            metric="cka", num_workers=0, progress=progress, out=out / "compare")
+            metric="cka", progress=progress, out=out / "compare", **run)
     timings["compare"] = time.perf_counter() - start
 
     # 3. The probe leaderboard
@@ -176,15 +183,14 @@ def run_demo(out: str | Path = "zoolens-demo", *, images: int = 64, device=None,
                   f"synthetic:scenes?n={4 * images}&size=64&seed={_SEEDS['train']}",
                   f"synthetic:scenes?n={2 * images}&size=64&seed={_SEEDS['test']}",
                   methods=("knn", "linear", "logme"), k=(10, 20), out=out / "probe",
-                  linear_options={"epochs": 50},
-                  num_workers=0, progress=progress)
+                  linear_options={"epochs": 50}, progress=progress, **run)
     timings["probe"] = time.perf_counter() - start
 
     # 4. Object discovery with the self-supervised ViT
     start = time.perf_counter()
     found = SyntheticScenes(n=max(4, images // 4), size=64, seed=_SEEDS["discover"])
-    discover(models["ssl_vit"], found, objects=3, num_workers=0, progress=progress,
-             out=out / "discover")
+    discover(models["ssl_vit"], found, objects=3, progress=progress, out=out / "discover",
+             **run)
     summary = json.loads((out / "discover" / "discover.json").read_text())
     summary["ground_truth"] = _discovery_scores(summary, found, out / "discover")
     (out / "discover" / "discover.json").write_text(json.dumps(summary, indent=1))

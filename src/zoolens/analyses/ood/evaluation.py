@@ -74,6 +74,7 @@ from ...sources import ImageSource, open_source
 from ...store import Store, slug
 from ...taps import OUTPUT, PENULTIMATE
 from ...zoo.model import Model, resolve_layers
+from ...backends import Backend, resolve_backend
 from ...zoo.registry import as_models
 from .metrics import metrics
 from .scores import (energy, feature_norm, knn, mahalanobis, max_logit, msp, negative_aware_norm,
@@ -465,7 +466,7 @@ def ood(models, train, id, ood, *, layers="blocks", methods: str | Sequence[str]
         out: str | Path | None = None, pretrained: bool = True, seed: int = 0,
         batch_size: int = 32, device=None, num_workers: int | None = None,
         dtype: str = "float16", overwrite: bool = False, plot: bool = True,
-        progress: bool = True) -> OODResult:
+        progress: bool = True, backend: str | Backend | None = None) -> OODResult:
     """Score how out-of-distribution images are, for every model, layer and method.
 
     Args:
@@ -488,8 +489,9 @@ def ood(models, train, id, ood, *, layers="blocks", methods: str | Sequence[str]
         vim_dim: ViM's principal subspace dimension (default: the rule in the module notes).
         keep: the share of ID test images the deployment threshold keeps (0.95).
         out: folder for ``ood.json``, the figures and the feature stores (``out/features``).
-        pretrained, seed, batch_size, device, num_workers, dtype: extraction settings (as
-            `zoolens.extract`); `device` also runs the k-NN search.
+        pretrained, seed, batch_size, device, num_workers, dtype, backend: extraction
+            settings (as `zoolens.extract`); `device` also runs the k-NN search (here, also
+            when the models run on a Ray cluster).
         overwrite: extract again where a store with other settings exists.
         plot: write the figures.
         progress: show progress bars.
@@ -512,7 +514,10 @@ def ood(models, train, id, ood, *, layers="blocks", methods: str | Sequence[str]
     sources = {"train": _source(train, "train"), "id": _source(id, "id")}
     ood_sources = _ood_sources(ood)
 
-    models = as_models(models, pretrained=pretrained, device=device, seed=seed)
+    runner = resolve_backend(backend, num_workers=num_workers)
+    models = as_models(models, pretrained=pretrained, device=runner.load_device(device),
+                       seed=seed)
+    score_device = device if runner.name == "local" else None  # scores run here
     slugs = [slug(m.name) for m in models]
     if len(set(slugs)) != len(slugs):
         raise InputError(f"models {[m.name for m in models]}: two share a name (or a folder "
@@ -537,10 +542,10 @@ def ood(models, train, id, ood, *, layers="blocks", methods: str | Sequence[str]
         for split, source in all_sources.items():
             path = out / "features" / slug(model.name) / _split_dir(split)
             log.info("%s: %s features -> %s", model.name, split, path)
-            stores[split] = _extract(model, source, pools, path, dtype=dtype,
-                                     batch_size=batch_size, device=device,
-                                     num_workers=num_workers, overwrite=overwrite,
-                                     progress=progress)
+            stores[split] = plan.extract([model], source, {model.name: pools}, path,
+                                         dtype=dtype, batch_size=batch_size, device=device,
+                                         backend=runner, overwrite=overwrite,
+                                         progress=progress)
             _add_skips(result.skipped, split, stores[split].skipped)
         for split, store in stores.items():
             if not store.valid.any():
@@ -550,7 +555,7 @@ def ood(models, train, id, ood, *, layers="blocks", methods: str | Sequence[str]
             raise InputError(f"train: only {int(stores['train'].valid.sum())} usable image(s) "
                              f"for {model.name}; give at least 2")
         scorer = _Scorer(model, stores, list(ood_sources), k=int(k), vim_dim=vim_dim,
-                         device=device, notes=result.notes)
+                         device=score_device, notes=result.notes)
         scorers[model.name] = scorer
         info["layers"][model.name] = scored
         info["stores"][model.name] = {s: str(st.path.relative_to(out)) for s, st in stores.items()}
@@ -598,19 +603,6 @@ def ood(models, train, id, ood, *, layers="blocks", methods: str | Sequence[str]
 def _split_dir(split: str) -> str:
     """The store folder of a split: train, id, ood/<name slug>."""
     return f"ood/{slug(split[4:])}" if split.startswith("ood/") else split
-
-
-def _extract(model: Model, source: ImageSource, pools: dict[str, list[str]], path: Path, *,
-             dtype, batch_size, device, num_workers, overwrite, progress) -> Store:
-    try:
-        return plan.extract([model], source, {model.name: pools}, path, batch_size=batch_size,
-                            dtype=dtype, overwrite=overwrite, num_workers=num_workers,
-                            device=device, progress=progress)
-    except InputError as exc:
-        if "holds another extraction" not in str(exc):
-            raise
-        raise InputError(f"{exc} (ood: pass overwrite=True / --overwrite to extract the "
-                         "features again)") from None
 
 
 def _add_skips(skipped: dict, split: str, records: list[dict]) -> None:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ... import plan
+from ...backends import Backend, resolve_backend
 from ...errors import InputError
 from ...sinks import Batch, Need, Sink
 from ...sources import open_source
@@ -171,7 +172,12 @@ class FlatCKASink(Sink):
 
     Rows are gathered until a minibatch is full; a batch thinned by bad files just waits for the
     next one. When fewer than 4 images are still to come, the current minibatch is held back and
-    those last images join it, so a short tail is not lost."""
+    those last images join it, so a short tail is not lost.
+
+    Which images form a minibatch depends on the whole stream (a skip shifts the rest), so a
+    split run keeps this sink where it started (`on_driver`) and sends it the flattened maps."""
+
+    on_driver = True
 
     def __init__(self, sides: _Sides, size: int, total: int, device=None):
         self.sides, self.need, self.size = sides, sides.need, size
@@ -302,7 +308,7 @@ def compare(model_a, model_b=None, images=None, *, layers_a="blocks", layers_b=N
             metric: str = "cka", k: int = 10, features: str = "pooled", batch_size: int = 32,
             seed: int | None = 0, device=None, num_workers: int | None = None,
             progress: bool = True, pretrained: bool = True, store=None,
-            out: str | Path | None = None) -> CompareResult:
+            out: str | Path | None = None, backend: str | Backend | None = None) -> CompareResult:
     """Layer x layer similarity between two models on the same images.
 
     Args:
@@ -325,6 +331,8 @@ def compare(model_a, model_b=None, images=None, *, layers_a="blocks", layers_b=N
         store: a feature store (`zoolens extract`) read instead of running the models when it
             holds these layers, mean-pooled (flat: as full maps), for these images.
         out: a folder for `compare.json` and the heatmap `compare.png`.
+        backend: where the models run: "local", "ray" or a `zoolens.RayBackend` (the workers'
+            sums are merged here; `num_workers` then counts model workers).
 
     Returns:
         CompareResult with the (La, Lb) matrix in ``matrix``.
@@ -351,7 +359,9 @@ def compare(model_a, model_b=None, images=None, *, layers_a="blocks", layers_b=N
     n_total = len(source)
     if metric == "mknn":
         _check_k(k, n_total)
-    a, b = _models(model_a, model_b, pretrained, device, seed or 0)
+    runner = resolve_backend(backend, num_workers=num_workers)
+    here = runner.load_device(device)  # where the models load and the sums live
+    a, b = _models(model_a, model_b, pretrained, here, seed or 0)
     same = a is b
     names_a = a.select(layers_a)
     names_b = b.select(layers_a if layers_b is None else layers_b)
@@ -361,7 +371,7 @@ def compare(model_a, model_b=None, images=None, *, layers_a="blocks", layers_b=N
     # Raises, naming the layer, for token layers without a patch grid to flatten.
     dims_a = [math.prod(pooled_shape(info_a[n], how)) for n in names_a]
     dims_b = [math.prod(pooled_shape(info_b[n], how)) for n in names_b]
-    acc_device = _acc_device(resolve_device(device) if device is not None else a.device)
+    acc_device = _acc_device(resolve_device(here) if here is not None else a.device)
     sides = _Sides(a.name, names_a, b.name, names_b, how)
 
     settings = {"features": features, "pooling": "mean" if how == "mean" else "none (flattened)",
@@ -383,8 +393,8 @@ def compare(model_a, model_b=None, images=None, *, layers_a="blocks", layers_b=N
         sink = KNNSink(sides, int(k), acc_device)
 
     summary = plan.run([a] if same else [a, b], source, [sink], indices=order, store=store,
-                       batch_size=int(batch_size), num_workers=num_workers, device=device,
-                       progress=progress, desc="comparing")
+                       batch_size=int(batch_size), device=device, progress=progress,
+                       desc="comparing", backend=runner)
     skipped = list(source.skipped_at_listing) + sorted(summary.skipped, key=lambda s: s["index"])
     if sink.images == 0:
         raise InputError(f"images {source.description!r}: none of the {n_total} images could be "
