@@ -32,11 +32,11 @@ from .engine import RunSummary, progress_bar
 from .errors import InputError
 from .sinks import Need, Sink
 from .sources import ImageSource
-from .store import Store, StoreWriter, default_chunk_size
+from .store import Store, StoreWriter, default_chunk_size, slug
 from .taps import POOLS, TapInfo
 from .zoo.model import Model
 
-__all__ = ["run", "extract", "store_config", "reusable_store"]
+__all__ = ["run", "extract", "extract_splits", "store_config", "reusable_store"]
 
 log = logging.getLogger("zoolens")
 
@@ -268,3 +268,16 @@ def extract(models: Sequence[Model], source: ImageSource, pools: dict[str, dict[
                  } if summary else {}
         writer.close(**extra)
     return writer.result()
+
+
+def extract_splits(model: Model, sources: dict[str, ImageSource],
+                   pools: dict[str, list[str]], folder: str | Path, **options) -> dict[str, Store]:
+    """One store of `model`'s features per split: `folder/<split>` (a split may be a path such
+    as ``ood/photos``; each part becomes a file name), each made, reused or resumed by
+    `extract` with `options`. What the probes, OOD detection and curation read."""
+    stores = {}
+    for split, source in sources.items():
+        path = Path(folder).joinpath(*(slug(part) for part in split.split("/")))
+        log.info("%s: %s features -> %s", model.name, split, path)
+        stores[split] = extract([model], source, {model.name: pools}, path, **options)
+    return stores

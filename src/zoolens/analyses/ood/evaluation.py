@@ -538,15 +538,12 @@ def ood(models, train, id, ood, *, layers="blocks", methods: str | Sequence[str]
         # every layer is stored whatever the methods, so a run with other methods finds the
         # same stores and extracts nothing
         pools = {layer: ["mean"] for layer in scored}
-        stores = {}
-        for split, source in all_sources.items():
-            path = out / "features" / slug(model.name) / _split_dir(split)
-            log.info("%s: %s features -> %s", model.name, split, path)
-            stores[split] = plan.extract([model], source, {model.name: pools}, path,
-                                         dtype=dtype, batch_size=batch_size, device=device,
-                                         backend=runner, overwrite=overwrite,
-                                         progress=progress)
-            _add_skips(result.skipped, split, stores[split].skipped)
+        stores = plan.extract_splits(model, all_sources, pools,
+                                     out / "features" / slug(model.name), dtype=dtype,
+                                     batch_size=batch_size, device=device, backend=runner,
+                                     overwrite=overwrite, progress=progress)
+        for split, store in stores.items():
+            _add_skips(result.skipped, split, store.skipped)
         for split, store in stores.items():
             if not store.valid.any():
                 raise InputError(f"{split}: no usable image for {model.name} (all skipped; see "
@@ -598,11 +595,6 @@ def ood(models, train, id, ood, *, layers="blocks", methods: str | Sequence[str]
         result.figures = write_figures(result, scorers, ood_sources, out)
     (out / "ood.json").write_text(result.to_json(indent=1))
     return result
-
-
-def _split_dir(split: str) -> str:
-    """The store folder of a split: train, id, ood/<name slug>."""
-    return f"ood/{slug(split[4:])}" if split.startswith("ood/") else split
 
 
 def _add_skips(skipped: dict, split: str, records: list[dict]) -> None:

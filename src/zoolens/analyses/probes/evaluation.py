@@ -231,17 +231,7 @@ def probe(models, train, test, *, layers="blocks", methods: Sequence[str] = ("kn
     ks = [int(k)] if isinstance(k, (int, np.integer)) else [int(v) for v in k]
     if not ks or any(v < 1 for v in ks):
         raise InputError(f"k: expected positive integers, got {k!r}")
-    if templates is None:
-        templates = list(DEFAULT_TEMPLATES)
-    elif isinstance(templates, (str, Path)) and "{}" not in str(templates):
-        templates = read_templates(templates)
-    elif isinstance(templates, str):
-        templates = [templates]
-    else:
-        templates = [str(t) for t in templates]
-    if "zeroshot" in methods and (not templates or any("{}" not in t for t in templates)):
-        raise InputError(f"templates {templates[:3]!r}: each needs '{{}}' where the class name "
-                         "goes, e.g. 'a photo of a {}.'")
+    templates = _templates(templates, check="zeroshot" in methods)
     out = Path(out)
 
     runner = resolve_backend(backend, num_workers=num_workers)
@@ -265,16 +255,13 @@ def probe(models, train, test, *, layers="blocks", methods: Sequence[str] = ("kn
         # nothing.
         embed = OUTPUT if is_image_text(model) else None
         pools = _layer_pools(model, names, embed, pool)
-        splits = {}
-        for split, source in sources.items():
-            path = out / "features" / slug(model.name) / split
-            log.info("%s: %s features -> %s", model.name, split, path)
-            store = plan.extract([model], source, {model.name: pools}, path, dtype=dtype,
-                                 batch_size=batch_size, device=device, backend=runner,
-                                 overwrite=overwrite, progress=progress)
-            splits[split] = _Split(model.name, store)
-            stored = sorted({p for ps in pools.values() for p in ps})
-            stores_info.setdefault(model.name, {})[split] = {p: str(path) for p in stored}
+        stores = plan.extract_splits(model, sources, pools, out / "features" / slug(model.name),
+                                     dtype=dtype, batch_size=batch_size, device=device,
+                                     backend=runner, overwrite=overwrite, progress=progress)
+        splits = {split: _Split(model.name, st) for split, st in stores.items()}
+        stored = sorted({p for ps in pools.values() for p in ps})
+        stores_info[model.name] = {split: {p: str(st.path) for p in stored}
+                                   for split, st in stores.items()}
         for split in ("train", "test"):
             known = {s["id"] for s in result.skipped[split]}
             result.skipped[split] += [s for s in splits[split].skipped if s["id"] not in known]
@@ -306,6 +293,23 @@ def probe(models, train, test, *, layers="blocks", methods: Sequence[str] = ("kn
     if plot:
         plot_curves(result, out / "probe_curves.png")
     return result
+
+
+def _templates(templates, *, check: bool) -> list[str]:
+    """Zero-shot prompt templates: the defaults, a file of them (one per line), one, or a list;
+    with `check`, each must hold '{}' where the class name goes."""
+    if templates is None:
+        templates = list(DEFAULT_TEMPLATES)
+    elif isinstance(templates, (str, Path)) and "{}" not in str(templates):
+        templates = read_templates(templates)
+    elif isinstance(templates, str):
+        templates = [templates]
+    else:
+        templates = [str(t) for t in templates]
+    if check and (not templates or any("{}" not in t for t in templates)):
+        raise InputError(f"templates {templates[:3]!r}: each needs '{{}}' where the class name "
+                         "goes, e.g. 'a photo of a {}.'")
+    return templates
 
 
 def _check_methods(methods) -> list[str]:

@@ -337,24 +337,7 @@ def compare(model_a, model_b=None, images=None, *, layers_a="blocks", layers_b=N
     Returns:
         CompareResult with the (La, Lb) matrix in ``matrix``.
     """
-    if metric not in METRICS:
-        raise InputError(f"metric {metric!r}: use one of {', '.join(METRICS)}")
-    if features not in FEATURES:
-        raise InputError(f"features {features!r}: use one of {', '.join(FEATURES)}")
-    if metric == "mknn" and features != "pooled":
-        raise InputError("features='flat' applies to metric='cka' only; mutual k-NN uses pooled "
-                         "features")
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        raise InputError(f"batch_size: must be a positive integer, got {batch_size!r}")
-    if features == "flat" and batch_size < _MIN_MINIBATCH:
-        raise InputError(f"batch_size {batch_size}: the minibatch unbiased CKA needs minibatches "
-                         f"of at least {_MIN_MINIBATCH} images")
-    if metric == "mknn":
-        _check_k(k)  # type and sign now, before loading; against the image count below
-    if images is None:
-        raise InputError("images: name the images to compare the models on (a folder, a CSV, "
-                         "synthetic:scenes?n=64)")
-
+    _check_arguments(metric, features, batch_size, k, images)
     source = open_source(images)
     n_total = len(source)
     if metric == "mknn":
@@ -379,19 +362,9 @@ def compare(model_a, model_b=None, images=None, *, layers_a="blocks", layers_b=N
                 "source": source.description, "pretrained": bool(pretrained), "same_model": same,
                 "specs": {a.name: a.spec, b.name: b.spec},
                 "weights": {a.name: a.record(), b.name: b.record()}}
-    order = None
-    if metric == "cka" and features == "pooled":
-        settings["estimator"] = "linear_cka"
-        sink: Sink = PooledCKASink(sides, dims_a, dims_b, acc_device)
-    elif metric == "cka":
-        settings.update(estimator="minibatch_unbiased_cka", seed=seed)
-        if seed is not None:
-            order = np.random.default_rng(seed).permutation(n_total).tolist()
-        sink = FlatCKASink(sides, int(batch_size), n_total, acc_device)
-    else:
-        settings["estimator"] = "mutual_knn"
-        sink = KNNSink(sides, int(k), acc_device)
-
+    sink, order = _estimator(metric, features, sides, dims_a, dims_b, batch_size=int(batch_size),
+                             k=int(k), seed=seed, n_total=n_total, device=acc_device,
+                             settings=settings)
     summary = plan.run([a] if same else [a, b], source, [sink], indices=order, store=store,
                        batch_size=int(batch_size), device=device, progress=progress,
                        desc="comparing", backend=runner)
@@ -411,6 +384,42 @@ def compare(model_a, model_b=None, images=None, *, layers_a="blocks", layers_b=N
         (out / "compare.json").write_text(result.to_json(indent=1))
         plot_matrix(result, out / "compare.png")
     return result
+
+
+def _check_arguments(metric: str, features: str, batch_size, k, images) -> None:
+    """Everything checkable before a model loads, each error naming its argument."""
+    if metric not in METRICS:
+        raise InputError(f"metric {metric!r}: use one of {', '.join(METRICS)}")
+    if features not in FEATURES:
+        raise InputError(f"features {features!r}: use one of {', '.join(FEATURES)}")
+    if metric == "mknn" and features != "pooled":
+        raise InputError("features='flat' applies to metric='cka' only; mutual k-NN uses pooled "
+                         "features")
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise InputError(f"batch_size: must be a positive integer, got {batch_size!r}")
+    if features == "flat" and batch_size < _MIN_MINIBATCH:
+        raise InputError(f"batch_size {batch_size}: the minibatch unbiased CKA needs minibatches "
+                         f"of at least {_MIN_MINIBATCH} images")
+    if metric == "mknn":
+        _check_k(k)  # type and sign now, before loading; against the image count later
+    if images is None:
+        raise InputError("images: name the images to compare the models on (a folder, a CSV, "
+                         "synthetic:scenes?n=64)")
+
+
+def _estimator(metric: str, features: str, sides: _Sides, dims_a, dims_b, *, batch_size: int,
+               k: int, seed, n_total: int, device, settings: dict) -> tuple[Sink, list | None]:
+    """The sink of the chosen estimator and the order to visit the images in (None: the
+    source's); records the estimator in `settings`."""
+    if metric == "mknn":
+        settings["estimator"] = "mutual_knn"
+        return KNNSink(sides, k, device), None
+    if features == "pooled":
+        settings["estimator"] = "linear_cka"
+        return PooledCKASink(sides, dims_a, dims_b, device), None
+    settings.update(estimator="minibatch_unbiased_cka", seed=seed)
+    order = None if seed is None else np.random.default_rng(seed).permutation(n_total).tolist()
+    return FlatCKASink(sides, batch_size, n_total, device), order
 
 
 # ----------------------------------------------------------------------------------------------
