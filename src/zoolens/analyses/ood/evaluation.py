@@ -571,7 +571,22 @@ def ood(models, train, id, ood, *, layers="blocks", methods: str | Sequence[str]
     if not result.results:
         raise InputError("ood: nothing could be scored: " + "; ".join(result.notes))
 
-    result.settings = {
+    result.settings = _settings(models, methods, k, keep, seed, pretrained, dtype, info, sources,
+                                ood_sources)
+    result.best = _best(result, scorers, keep)
+    out.mkdir(parents=True, exist_ok=True)
+    if plot:
+        from .figures import write_figures
+
+        result.figures = write_figures(result, scorers, ood_sources, out)
+    (out / "ood.json").write_text(result.to_json(indent=1))
+    return result
+
+
+def _settings(models, methods, k, keep, seed, pretrained, dtype, info, sources,
+              ood_sources) -> dict:
+    """What `ood.json` records of how its numbers were computed."""
+    return {
         "methods": list(methods), "k": int(k), "vim_dim": info["vim_dim"],
         "keep": float(keep), "seed": int(seed), "pretrained": bool(pretrained), "dtype": dtype,
         "models": [m.name for m in models], "specs": {m.name: m.spec for m in models},
@@ -587,14 +602,6 @@ def ood(models, train, id, ood, *, layers="blocks", methods: str | Sequence[str]
         "convention": "confidence: higher = more in-distribution; OOD is the positive class "
                       "of AUROC, AUPR-Out and FPR@95 (OpenOOD); AUPR-In takes ID as positive",
     }
-    result.best = _best(result, scorers, keep)
-    out.mkdir(parents=True, exist_ok=True)
-    if plot:
-        from .figures import write_figures
-
-        result.figures = write_figures(result, scorers, ood_sources, out)
-    (out / "ood.json").write_text(result.to_json(indent=1))
-    return result
 
 
 def _add_skips(skipped: dict, split: str, records: list[dict]) -> None:
