@@ -126,15 +126,21 @@ def _group_max(x: np.ndarray, size: int) -> tuple[np.ndarray, int]:
     return gm, g
 
 
-def _gather_groups(x: np.ndarray, groups: np.ndarray, size: int,
-                   g: int) -> tuple[np.ndarray, np.ndarray]:
-    """Values and columns (rows, len * (size + 1)) of the groups of `_group_max`; a group
-    without a leftover column gets -inf there."""
-    n = x.shape[1]
-    cols = (groups[:, :, None] + g * np.arange(size + 1)).reshape(groups.shape[0], -1)
-    vals = np.take_along_axis(x, np.minimum(cols, n - 1), axis=1)
-    np.putmask(vals, cols >= n, -np.inf)
-    return vals, cols
+def _gather_groups(x: np.ndarray, groups: np.ndarray, size: int, g: int) -> np.ndarray:
+    """Members of the given groups of `_group_max`: (rows, (size + 1) * k) values, position
+    t * k + j holding column groups[:, j] + t * g; t = size is the leftover column (-inf where
+    a group has none). A gather along the (rows, size, G) view: no index arrays per member."""
+    r, n = x.shape
+    vals = np.empty((r, size + 1, groups.shape[1]), dtype=x.dtype)
+    vals[:, :size] = np.take_along_axis(x[:, : size * g].reshape(r, size, g),
+                                        groups[:, None, :], axis=2)
+    rest = n - size * g
+    if rest:
+        vals[:, size] = np.take_along_axis(x[:, size * g:], np.minimum(groups, rest - 1), axis=1)
+        np.putmask(vals[:, size], groups >= rest, -np.inf)
+    else:
+        vals[:, size] = -np.inf
+    return vals.reshape(r, -1)
 
 
 def _largest(v: np.ndarray, k: int) -> np.ndarray:
@@ -145,16 +151,18 @@ def _largest(v: np.ndarray, k: int) -> np.ndarray:
 
 def _pruned_top_k(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of each row of a wide float32 array, via group maxima (module notes)."""
+    rows = np.arange(x.shape[0])[:, None]
     gm1, g1 = _group_max(x, _GROUP)
     gm2, g2 = _group_max(gm1, _SUPER)
-    v1, c1 = _gather_groups(gm1, _largest(gm2, k), _SUPER, g2)  # maxima of k super-groups
-    groups = np.take_along_axis(c1, _largest(v1, k), axis=1)      # the k best level-1 groups
-    v, cols = _gather_groups(x, groups, _GROUP, g1)              # they hold the top-k values
-    pick = _largest(v, k)
-    vals = np.take_along_axis(v, pick, axis=1)
+    best2 = _largest(gm2, k)                                   # the k best super-groups
+    pos = _largest(_gather_groups(gm1, best2, _SUPER, g2), k)  # their best k group maxima
+    groups = best2[rows, pos % k] + (pos // k) * g2            # the k best level-1 groups
+    v = _gather_groups(x, groups, _GROUP, g1)                  # they hold the top-k values
+    pos = _largest(v, k)
+    vals = v[rows, pos]
+    cols = groups[rows, pos % k] + (pos // k) * g1
     order = np.argsort(-vals, axis=1, kind="stable")
-    return (np.take_along_axis(vals, order, axis=1),
-            np.take_along_axis(np.take_along_axis(cols, pick, axis=1), order, axis=1))
+    return np.take_along_axis(vals, order, axis=1), np.take_along_axis(cols, order, axis=1)
 
 
 def top_k_per_row(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
