@@ -65,7 +65,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 from zoolens.analyses.ood import knn, mahalanobis  # noqa: E402
-from zoolens.neighbors import default_chunk_size  # noqa: E402
+from zoolens.neighbors import _cpu_gemm, default_chunk_size  # noqa: E402
 
 
 class _Clock:
@@ -144,7 +144,8 @@ def main() -> None:
                                  args.seed)
     chunk = args.chunk or default_chunk_size(n_train, torch.device("cpu"))
     print(f"data: train {x_tr.shape} test {x_te.shape} float32, {args.classes} classes, "
-          f"k={args.k}, chunk={chunk}, threads {args.threads} (BLAS, torch, faiss)")
+          f"k={args.k}, chunk={chunk}, threads {args.threads} (BLAS, torch, faiss), "
+          f"zoolens' CPU GEMM for large blocks: {_cpu_gemm()}")
 
     def fastest(fn):
         runs = [fn() for _ in range(max(1, args.repeats))]
