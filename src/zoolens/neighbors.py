@@ -8,13 +8,21 @@ caller L2-normalises them for cosine similarity (``normalize=True`` here, or its
 How it stays fast and exact:
 
 - Queries are taken in chunks; each chunk's similarities to the whole base go into ONE reused
-  float32 buffer (no page faults per chunk), so memory is O(chunk_size * n_base). On CUDA the
-  product is ``torch.mm``. On CPU it is NumPy's ``matmul`` into the same (shared-memory) buffer:
-  the PyTorch wheels' MKL sgemm runs about 1.4x slower per core than NumPy's OpenBLAS on AMD CPUs
-  (measured: 1.5 vs 1.05 CPU-seconds for a 1342 x 768 x 50,000 product on an AVX-512 EPYC) and
-  no faster on Intel (6.50 s OpenBLAS vs 6.77 s MKL for 10,000 x 768 x 50,000 on one core of a
-  Sapphire Rapids Xeon), and the product is nearly all of the cost. NumPy's BLAS threads follow
-  OMP_NUM_THREADS / OPENBLAS_NUM_THREADS (or threadpoolctl), not ``torch.set_num_threads``.
+  float32 buffer (no page faults per chunk), so memory is O(chunk_size * n_base). The product is
+  nearly all of the cost, so the GEMM is chosen per CPU (`_cpu_gemm`): on CUDA ``torch.mm``; on
+  Intel CPUs ``torch.mm`` too (the PyTorch wheels' MKL) for large blocks; otherwise NumPy's
+  ``matmul`` (OpenBLAS) into the same shared-memory buffer. On an AVX-512 AMD EPYC, OpenBLAS
+  takes 1.05 CPU-seconds per core for a 1342 x 768 x 50,000 product and MKL 1.5 (MKL does not
+  use its fast kernels on AMD). On a 2-core Sapphire Rapids Xeon the two GEMMs alone are within
+  a few percent of each other on a quiet machine (6.50 s OpenBLAS vs 6.77 s MKL for
+  10,000 x 768 x 50,000 on one core), but the k-NN OOD score on 50,000 x 768 / 4,026 x 768,
+  the two taking turns on a machine shared with other jobs, took 2.97 vs 2.68 CPU-seconds on one
+  thread and 3.62 vs 3.01 on two with OpenBLAS vs MKL: OpenBLAS' idle workers spin after each
+  product while the top-k runs. Small blocks always go to OpenBLAS: torch's OpenMP threads cost
+  up to milliseconds per call when the cores are oversubscribed (measured: 12 ms for a
+  1 x 6 x 3000 product with 2 threads on a loaded 2-core machine, vs 15 us with NumPy). torch's
+  threads follow ``torch.set_num_threads``; NumPy's follow OMP_NUM_THREADS /
+  OPENBLAS_NUM_THREADS (or threadpoolctl).
 - The top-k of each row is exact. On CPU, when the base is large, `top_k_per_row` prunes before it
   selects: the k largest values of a row lie in the k groups of columns with the largest group
   maxima (any element outside them is below k group maxima), applied twice (groups of 8 columns,
@@ -29,6 +37,8 @@ How it stays fast and exact:
 
 from __future__ import annotations
 
+import functools
+import platform
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +67,10 @@ _PRUNE_MIN = 2
 # Rows of a block per thread of the pruned top-k (fewer rows: one thread).
 _ROWS_PER_THREAD = 64
 
+# Multiply-adds from which a CPU block may go to torch's MKL (`_matmul_into`); below, thread
+# start-up can cost more than the product.
+_MKL_MIN_MACS = 2**27
+
 
 def default_chunk_size(n_base: int, device: torch.device) -> int:
     """Query rows per block: a float32 block of `n_base` columns near 256 MiB (1 GiB on CUDA),
@@ -77,10 +91,26 @@ def _normalize(x: np.ndarray, name: str, device: torch.device, stacklevel: int =
     return t / norms.clamp_min(torch.finfo(t.dtype).tiny).unsqueeze(1)
 
 
+@functools.lru_cache(maxsize=1)
+def _cpu_gemm() -> str:
+    """The faster float32 GEMM on this CPU (module notes): "torch" (MKL) on Intel CPUs when
+    torch has MKL, else "numpy" (OpenBLAS). Decided once per process, by vendor only, so that
+    results do not depend on a timing."""
+    if not torch.backends.mkl.is_available():
+        return "numpy"
+    try:
+        with open("/proc/cpuinfo") as f:
+            vendor = next((line for line in f if line.startswith("vendor_id")), "")
+    except OSError:
+        vendor = platform.processor()
+    return "torch" if "GenuineIntel" in vendor or "Intel64" in vendor else "numpy"
+
+
 def _matmul_into(q: torch.Tensor, base: torch.Tensor, out: torch.Tensor) -> None:
     """out = q @ base.T in float32, into a reused buffer (no page faults per chunk)."""
-    if out.device.type == "cpu":
-        # Shared memory both ways: no copies. See the module notes for why NumPy on CPU.
+    large = q.shape[0] * base.shape[0] * base.shape[1] >= _MKL_MIN_MACS
+    if out.device.type == "cpu" and not (large and _cpu_gemm() == "torch"):
+        # Shared memory both ways: no copies. See the module notes for the choice of GEMM.
         np.matmul(q.numpy(), base.numpy().T, out=out.numpy())
     else:
         torch.mm(q, base.T, out=out)
@@ -126,15 +156,21 @@ def _group_max(x: np.ndarray, size: int) -> tuple[np.ndarray, int]:
     return gm, g
 
 
-def _gather_groups(x: np.ndarray, groups: np.ndarray, size: int,
-                   g: int) -> tuple[np.ndarray, np.ndarray]:
-    """Values and columns (rows, len * (size + 1)) of the groups of `_group_max`; a group
-    without a leftover column gets -inf there."""
-    n = x.shape[1]
-    cols = (groups[:, :, None] + g * np.arange(size + 1)).reshape(groups.shape[0], -1)
-    vals = np.take_along_axis(x, np.minimum(cols, n - 1), axis=1)
-    np.putmask(vals, cols >= n, -np.inf)
-    return vals, cols
+def _gather_groups(x: np.ndarray, groups: np.ndarray, size: int, g: int) -> np.ndarray:
+    """Members of the given groups of `_group_max`: (rows, (size + 1) * k) values, position
+    t * k + j holding column groups[:, j] + t * g; t = size is the leftover column (-inf where
+    a group has none). A gather along the (rows, size, G) view: no index arrays per member."""
+    r, n = x.shape
+    vals = np.empty((r, size + 1, groups.shape[1]), dtype=x.dtype)
+    vals[:, :size] = np.take_along_axis(x[:, : size * g].reshape(r, size, g),
+                                        groups[:, None, :], axis=2)
+    rest = n - size * g
+    if rest:
+        vals[:, size] = np.take_along_axis(x[:, size * g:], np.minimum(groups, rest - 1), axis=1)
+        np.putmask(vals[:, size], groups >= rest, -np.inf)
+    else:
+        vals[:, size] = -np.inf
+    return vals.reshape(r, -1)
 
 
 def _largest(v: np.ndarray, k: int) -> np.ndarray:
@@ -145,16 +181,18 @@ def _largest(v: np.ndarray, k: int) -> np.ndarray:
 
 def _pruned_top_k(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of each row of a wide float32 array, via group maxima (module notes)."""
+    rows = np.arange(x.shape[0])[:, None]
     gm1, g1 = _group_max(x, _GROUP)
     gm2, g2 = _group_max(gm1, _SUPER)
-    v1, c1 = _gather_groups(gm1, _largest(gm2, k), _SUPER, g2)  # maxima of k super-groups
-    groups = np.take_along_axis(c1, _largest(v1, k), axis=1)      # the k best level-1 groups
-    v, cols = _gather_groups(x, groups, _GROUP, g1)              # they hold the top-k values
-    pick = _largest(v, k)
-    vals = np.take_along_axis(v, pick, axis=1)
+    best2 = _largest(gm2, k)                                   # the k best super-groups
+    pos = _largest(_gather_groups(gm1, best2, _SUPER, g2), k)  # their best k group maxima
+    groups = best2[rows, pos % k] + (pos // k) * g2            # the k best level-1 groups
+    v = _gather_groups(x, groups, _GROUP, g1)                  # they hold the top-k values
+    pos = _largest(v, k)
+    vals = v[rows, pos]
+    cols = groups[rows, pos % k] + (pos // k) * g1
     order = np.argsort(-vals, axis=1, kind="stable")
-    return (np.take_along_axis(vals, order, axis=1),
-            np.take_along_axis(np.take_along_axis(cols, pick, axis=1), order, axis=1))
+    return np.take_along_axis(vals, order, axis=1), np.take_along_axis(cols, order, axis=1)
 
 
 def top_k_per_row(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,8 +205,7 @@ def top_k_per_row(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     Returns:
         ``(values, indices)``, each (rows, k), on the block's device. The multiset of values is
         exact; the order of equal values (and which of several equal values at the k-th place
-        is kept) is unspecified: `_stable_topk` and `top_k_similar` fix it. The pruned CPU path
-        splits the rows over ``torch.get_num_threads()`` threads, as ``torch.topk`` would.
+        is kept) is unspecified: `_stable_topk` and `top_k_similar` fix it.
     """
     rows, n = block.shape
     if not 1 <= k <= n:
