@@ -19,8 +19,9 @@ section.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ from ..sinks import Batch, Need, Sink
 from ..sources import open_source
 from ..zoo.model import resolve_layers
 from ..zoo.registry import as_models
+from .result import AnalysisResult
 
 __all__ = ["layerstats", "LayerStatsSink", "LayerStatsResult", "UnitMoments"]
 
@@ -116,11 +118,13 @@ class LayerStatsSink(Sink):
 
 
 @dataclass
-class LayerStatsResult:
+class LayerStatsResult(AnalysisResult):
     """Per model and layer: `units`, `samples` (images x positions), `mean` / `std` / `min` /
     `max` of the units' means and standard deviations summarised, `positive` (the mean fraction
     of positive samples: 1 - sparsity), `dead` (unit ids with zero variance). Per-unit arrays
     are in `layerstats.npz` beside the JSON."""
+
+    analysis: ClassVar[str] = "layerstats"
 
     models: list[str]
     images: int
@@ -128,8 +132,6 @@ class LayerStatsResult:
     skipped: list[dict] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
-        return {"analysis": "layerstats", "version": 1, **asdict(self)}
 
     def summary(self) -> str:
         n_layers = sum(len(v) for v in self.layers.values())

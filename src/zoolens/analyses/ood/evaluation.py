@@ -57,14 +57,13 @@ choice finds most and least in-distribution).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 
@@ -79,6 +78,7 @@ from ...zoo.registry import as_models
 from .metrics import metrics
 from .scores import (energy, feature_norm, knn, mahalanobis, max_logit, msp, negative_aware_norm,
                      vim)
+from ..result import AnalysisResult
 
 __all__ = ["ood", "OODResult", "METHODS", "FEATURE_METHODS", "LOGIT_METHODS", "check_methods",
            "default_vim_dim", "deployment_threshold", "split_source_name", "confidences"]
@@ -96,7 +96,7 @@ _EXAMPLES = 8  # OOD images shown at each end of the best choice's confidence ra
 
 
 @dataclass
-class OODResult:
+class OODResult(AnalysisResult):
     """Every OOD score of every model, layer and method, with the settings that produced it.
 
     Attributes:
@@ -110,6 +110,8 @@ class OODResult:
         notes: plain sentences (a method skipped for a model, k capped, ...).
         figures: the figure files written, relative to the result's folder.
     """
+
+    analysis: ClassVar[str] = "ood"
 
     results: list[dict]
     best: dict | None = None
@@ -148,21 +150,12 @@ class OODResult:
                 f"over {n_sets} OOD set(s); threshold {b['threshold']:.4g} keeps "
                 f"{b['id_kept']:.0%} of the ID test images")
 
-    def to_dict(self) -> dict:
-        return {"analysis": "ood", "version": 1, **asdict(self),
-                "best_layers": self.best_layers()}
-
-    def to_json(self, indent: int | None = None) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+    def derived(self) -> dict:
+        return {"best_layers": self.best_layers()}
 
     @classmethod
-    def from_json(cls, s: str | bytes | dict) -> "OODResult":
-        d = json.loads(s) if isinstance(s, (str, bytes)) else dict(s)
-        if d.pop("analysis", "ood") != "ood":
-            raise InputError("from_json: not an ood result")
-        d.pop("version", None)
-        d.pop("best_layers", None)  # derived from the rows
-        return cls(**d)
+    def derived_keys(cls) -> tuple[str, ...]:
+        return ("best_layers",)
 
 
 _METHOD_ORDER = {m: i for i, m in enumerate(METHODS)}

@@ -42,13 +42,12 @@ model x method.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 
@@ -60,6 +59,7 @@ from ...store import Store, slug
 from ...taps import OUTPUT
 from ...zoo.model import Model, resolve_layers
 from ...zoo.registry import as_models
+from ..result import AnalysisResult
 from .knn import evaluate_knn, top_k_accuracy
 from .linear import LinearProbe
 from .logme import logme
@@ -82,7 +82,7 @@ _MIN_LINEAR_STEPS = 200  # SGD steps the linear heads get at least, unless epoch
 
 
 @dataclass
-class ProbeResult:
+class ProbeResult(AnalysisResult):
     """Every probe of every model and layer, with the settings that produced it.
 
     Attributes:
@@ -92,6 +92,8 @@ class ProbeResult:
         skipped: ``{"train": [...], "test": [...]}``, each ``{"index", "id", "reason"}``.
         notes: plain sentences (a method skipped for a model, k capped, ...).
     """
+
+    analysis: ClassVar[str] = "probe"
 
     results: list[dict]
     settings: dict = field(default_factory=dict)
@@ -123,21 +125,12 @@ class ProbeResult:
         board.sort(key=lambda b: (order.get(b["method"], len(order)), -_value(b)))
         return board
 
-    def to_dict(self) -> dict:
-        return {"analysis": "probe", "version": 1, **asdict(self),
-                "leaderboard": self.leaderboard()}
-
-    def to_json(self, indent: int | None = None) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+    def derived(self) -> dict:
+        return {"leaderboard": self.leaderboard()}
 
     @classmethod
-    def from_json(cls, s: str | bytes | dict) -> "ProbeResult":
-        d = json.loads(s) if isinstance(s, (str, bytes)) else dict(s)
-        if d.pop("analysis", "probe") != "probe":
-            raise InputError("from_json: not a probe result")
-        d.pop("version", None)
-        d.pop("leaderboard", None)  # derived from the rows
-        return cls(**d)
+    def derived_keys(cls) -> tuple[str, ...]:
+        return ("leaderboard",)
 
 
 def _value(row: dict) -> float | None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ...errors import InputError
 from ...resize import as_size
+from ..result import AnalysisResult
 
 __all__ = ["RosettaResult"]
 
@@ -17,7 +18,7 @@ def _pair_key_str(pair) -> list[str]:
 
 
 @dataclass
-class RosettaResult:
+class RosettaResult(AnalysisResult):
     """Everything a Rosetta run found, with the settings that produced it.
 
     Attributes
@@ -33,6 +34,8 @@ class RosettaResult:
     skipped : [{"item": ..., "reason": ...}, ...] images or layers left out, and why
     settings : {"mode", "k", "anchor", "min_correlation", "pairwise", ...}
     """
+
+    analysis: ClassVar[str] = "rosetta"
 
     models: list[str]
     images: int
@@ -59,21 +62,14 @@ class RosettaResult:
         return [{"units": [u, v], "correlation": float(r)} for u, v, r in buddies]
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = super().to_dict()
         d["resolution"] = list(self.resolution)
         # JSON keys are strings and model specs contain ':' and '/': list the pairs instead
         d["pairs"] = [{"models": _pair_key_str(k), "buddies": v} for k, v in self.pairs.items()]
-        return {"analysis": "rosetta", "version": 1, **d}
-
-    def to_json(self, indent: int | None = None) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+        return d
 
     @classmethod
-    def from_json(cls, s: str | dict) -> RosettaResult:
-        d = json.loads(s) if isinstance(s, (str, bytes)) else dict(s)
-        if d.pop("analysis", "rosetta") != "rosetta":
-            raise InputError("from_json: not a Rosetta result")
-        d.pop("version", None)
+    def from_dict(cls, d: dict) -> RosettaResult:
         d["pairs"] = {tuple(p["models"]): p["buddies"] for p in d.get("pairs", [])}
         d["resolution"] = tuple(d["resolution"])
         return cls(**d)

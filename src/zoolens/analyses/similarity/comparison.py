@@ -21,11 +21,11 @@ loaded once and run once per batch; both sides read the same features.
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from ...sources import open_source
 from ...taps import pooled_shape
 from ...zoo.model import Model
 from ...zoo.registry import load, resolve_device
+from ..result import AnalysisResult
 from .cka import LayerCKA, LayerMinibatchCKA
 from .mknn import mutual_knn_matrix
 
@@ -54,7 +55,7 @@ _MIN_MINIBATCH = 4  # the unbiased HSIC estimator needs n >= 4
 
 
 @dataclass
-class CompareResult:
+class CompareResult(AnalysisResult):
     """A layer x layer similarity matrix between two models, with the settings that produced it.
 
     Attributes:
@@ -71,6 +72,8 @@ class CompareResult:
             ``pretrained``, ``same_model``; for flat CKA also ``seed``, ``minibatches`` and
             ``unused`` (ids of trailing images too few to form a minibatch; normally empty).
     """
+
+    analysis: ClassVar[str] = "compare"
 
     metric: str
     model_a: str
@@ -92,19 +95,7 @@ class CompareResult:
         return np.asarray(self.matrix, dtype=np.float64).reshape(len(self.layers_a),
                                                                  len(self.layers_b))
 
-    def to_dict(self) -> dict:
-        return {"analysis": "compare", "version": 1, **asdict(self)}
 
-    def to_json(self, indent: int | None = None) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
-
-    @classmethod
-    def from_json(cls, s: str | bytes | dict) -> "CompareResult":
-        d = json.loads(s) if isinstance(s, (str, bytes)) else dict(s)
-        if d.pop("analysis", "compare") != "compare":
-            raise InputError("from_json: not a compare result")
-        d.pop("version", None)
-        return cls(**d)
 
 
 # ----------------------------------------------------------------------------------------------
