@@ -68,17 +68,17 @@ from typing import ClassVar, Sequence
 import numpy as np
 
 from ... import plan
+from ...backends import Backend, resolve_backend
 from ...errors import InputError
 from ...sources import ImageSource, open_source
 from ...store import Store, slug
 from ...taps import OUTPUT, PENULTIMATE
 from ...zoo.model import Model, resolve_layers
-from ...backends import Backend, resolve_backend
 from ...zoo.registry import as_models
+from ..result import AnalysisResult
 from .metrics import metrics
 from .scores import (energy, feature_norm, knn, mahalanobis, max_logit, msp, negative_aware_norm,
                      vim)
-from ..result import AnalysisResult
 
 __all__ = ["ood", "OODResult", "METHODS", "FEATURE_METHODS", "LOGIT_METHODS", "check_methods",
            "default_vim_dim", "deployment_threshold", "split_source_name", "confidences"]
