@@ -148,8 +148,9 @@ def _knn_sq_radii(x: np.ndarray, k: int, block_bytes: int) -> np.ndarray:
     """(n,) float64 squared distance of every row to its k-th nearest other row.
 
     Nearest by Euclidean distance = largest ``x_i . x_j - |x_j|^2 / 2``: an inner product of
-    ``[x_i, 1]`` with ``[x_j, -|x_j|^2 / 2]``, which `top_k_similar` searches. A few extra candidates
-    are re-ranked by exact float64 distances so float32 ties cannot move the k-th one.
+    ``[x_i, 1]`` with ``[x_j, -|x_j|^2 / 2]``, which `top_k_similar` searches. A few extra
+    candidates are re-ranked by exact float64 distances so float32 ties cannot move the k-th
+    one.
     """
     n = len(x)
     sq = np.einsum("ij,ij->i", x.astype(np.float64), x.astype(np.float64))
