@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(PIP_C) torch torchvision
-	$(BIN)/python -m pip install -q $(PIP_C) -e '.[all,test]'
+	$(BIN)/python -m pip install -q $(PIP_C) -e '.[all,ray,test]'
 	touch $@
 
 demo: venv

@@ -128,3 +128,45 @@ def test_the_run_summary_adds_up(tmp_path, tiny_cnn_file, messy_dir):
     done = " ".join(ln for ln in res.output.splitlines() if "done:" in ln or "skipped (" in ln)
     assert "5 of 10 files" in done and "5 skipped" in done, res.output
 
+
+
+# --- the backend flags: checked before anything runs or is created (no Ray cluster needed)
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--backend", "spark"], ["--backend 'spark'", "local, ray"]),
+    (["--address", "auto"], ["--address applies to --backend ray"]),
+    (["--gpus-per-worker", "1"], ["--gpus-per-worker applies to --backend ray"]),
+    (["--backend", "ray", "--gpus-per-worker", "-1"], ["--gpus-per-worker -1", "0 or more"]),
+    (["--backend", "ray", "--workers", "0"], ["--workers 0", "at least 1 model worker"]),
+    (["--backend", "ray", "--address", "127.0.0.1:9"], ["--address 127.0.0.1:9",
+                                                         "nothing answers", "ray start --head"]),
+    (["--backend", "ray", "--address", "headnode"], ["--address 'headnode'", "HOST:PORT"]),
+])
+def test_backend_flags(tmp_path, flags, words):
+    out = tmp_path / "store"
+    res = runner.invoke(app, ["extract", "-m", VIT, "-i", synthetic(4, 32), "-o", str(out),
+                              "--no-pretrained", *flags])
+    _one_error_line(res, *words)
+    assert not out.exists()  # nothing created
+
+
+def test_backend_ray_without_ray_says_how_to_install_it(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails, as without Ray
+    out = tmp_path / "store"
+    res = runner.invoke(app, ["extract", "-m", VIT, "-i", synthetic(4, 32), "-o", str(out),
+                              "--no-pretrained", "--backend", "ray"])
+    _one_error_line(res, "--backend ray needs Ray", "pip install 'zoolens[ray]'")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["extract", "rosetta", "compare", "probe", "discover",
+                                     "visualize", "layerstats", "demo"])
+def test_every_command_that_runs_models_takes_the_backend_flags(command):
+    res = runner.invoke(app, [command, "--help"], terminal_width=200)
+    assert res.exit_code == 0
+    for flag in ("--backend", "--address", "--gpus-per-worker"):
+        assert flag in res.output, (command, flag)
+    assert ("--workers" in res.output) == (command != "demo")

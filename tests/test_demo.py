@@ -25,11 +25,12 @@ def demo(tmp_path_factory):
 def test_demo_runs_offline_and_writes_every_analysis(demo):
     out, report, summary = demo
     assert report == out / "report.html" and report.stat().st_size > 10_000
-    assert set(summary["seconds"]) == {"rosetta", "compare", "probe", "discover", "total"}
+    assert set(summary["seconds"]) == {"rosetta", "compare", "probe", "discover", "ood",
+                                       "total"}
     rosetta = json.loads((out / "rosetta" / "rosetta.json").read_text())
     assert rosetta["models"][0] == "generator" and rosetta["sets"]
     html = report.read_text()
-    for section in ("Rosetta", "probe", "discover"):
+    for section in ("Rosetta", "probe", "discover", "Out-of-distribution"):
         assert section.lower() in html.lower()
 
 
@@ -74,3 +75,26 @@ def test_discovered_masks_beat_the_whole_image_on_the_objects(demo):
         baseline.append(max(o.mean() for o in objects))
     assert summary["discovery"]["best_iou_per_image"] == pytest.approx(best, abs=1e-4)
     assert np.mean(best) > np.mean(baseline) + 0.2, (np.mean(best), np.mean(baseline))
+
+
+def test_ood_scores_are_recomputed_and_photographs_are_told_apart(demo):
+    """Per model, the best layer and method by mean AUROC, recomputed from ood.json's rows;
+    photographs (far from any scene) are told apart more easily than scenes with unseen shapes
+    (near out-of-distribution)."""
+    out, _, summary = demo
+    data = json.loads((out / "ood" / "ood.json").read_text())
+    pytest.importorskip("skimage")
+    assert list(data["settings"]["ood"]) == ["new_shapes", "new_scenes", "photos"]
+    means: dict = {}
+    for r in data["results"]:
+        means.setdefault((r["model"], r["layer"], r["method"]), {})[r["ood"]] = r["auroc"]
+    for model, best in summary["ood"]["best"].items():
+        mine = {k: v for k, v in means.items() if k[0] == model}
+        top = max(mine, key=lambda k: np.mean(list(mine[k].values())))
+        assert best["mean_auroc"] == pytest.approx(np.mean(list(mine[top].values())), abs=1e-4)
+        assert best["auroc"] == pytest.approx(mine[(model, best["layer"], best["method"])],
+                                               abs=1e-4)
+        # far OOD is told apart by some layer and method, and more easily than near OOD
+        assert max(v["photos"] for v in mine.values()) > 0.9, model
+        assert best["auroc"]["photos"] > best["auroc"]["new_shapes"], (model, best)
+    assert summary["ood"]["best"]["classifier"]["mean_auroc"] > 0.6

@@ -137,7 +137,18 @@ def make_results(root: Path, cnn_file: Path) -> Path:
     _write_probe(root / "probe")
     _write_discover(root / "discover")
     _write_visualize(root / "visualize")
+    _write_ood(root / "ood", cnn)
     return root
+
+
+def _write_ood(root: Path, cnn: str) -> None:
+    """A real (tiny) OOD run: scenes with shapes the training scenes never show."""
+    from zoolens.analyses.ood import ood
+
+    ood(cnn, SCENES, "synthetic:scenes?n=8&size=32&seed=1",
+        {"stars": "synthetic:scenes?n=6&size=32&seed=2&shapes=star,ring"},
+        methods="knn,feature_norm", k=3, out=root, pretrained=False, num_workers=0,
+        progress=False, batch_size=8)
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +251,7 @@ def test_full_report_sections_tables_and_images(demo):
     text = out.read_text(encoding="utf-8")
     page = _check_structure(text)
     for section in ("run-settings", "summary", "rosetta-neurons", "layer-similarity", "probes",
-                    "object-discovery", "visualization"):
+                    "out-of-distribution-detection", "object-discovery", "visualization"):
         assert section in page.ids
         assert f"#{section}" in page.hrefs  # in the table of contents
     assert "notes" not in page.ids and "Missing:" not in text  # nothing to point out
@@ -256,6 +267,9 @@ def test_full_report_sections_tables_and_images(demo):
         files += [demo / "discover" / i["overlay"]]
         files += [demo / "discover" / m["file"] for m in i["masks"]]
     files += [demo / "visualize" / i["file"] for i in vis["images"]]
+    figures = json.loads((demo / "ood" / "ood.json").read_text())["figures"]
+    files += [demo / "ood" / f for f in [*figures["auroc"].values(), figures["curves"],
+                                         figures["examples"]]]
     payloads = _payloads(page)
     assert Counter(payloads) == Counter(f.read_bytes() for f in files)
     for data, img in zip(payloads, page.imgs):
@@ -309,8 +323,8 @@ def test_default_out_list_of_dirs_and_single_file(demo, tmp_path):
     assert "compare/compare.json" in text and "probe/probe.json" in text
     page = render_report(demo / "compare" / "compare.json")
     assert [f["analysis"] for f in page.found] == ["compare"]
-    # the three expected analyses not given are pointed out
-    assert sorted(n["where"] for n in page.notes) == ["discover", "probe", "rosetta"]
+    # the four expected analyses not given are pointed out
+    assert sorted(n["where"] for n in page.notes) == ["discover", "ood", "probe", "rosetta"]
     assert build_report(demo / "probe" / "probe.json") == demo / "probe" / "report.html"
     with pytest.raises(InputError, match="no such folder"):
         build_report(tmp_path / "nowhere")
@@ -328,7 +342,7 @@ def test_empty_folder_says_what_is_missing(tmp_path):
     assert [n["where"] for n in page.notes] == list(EXPECTED)
     for kind in EXPECTED:
         assert f"No {kind} results: no {kind}.json was found" in page.html
-    assert "Missing: rosetta, compare, probe, discover" in page.html
+    assert "Missing: rosetta, compare, probe, ood, discover" in page.html
     assert "No readable results were found." in page.html
     assert render_report(tmp_path, expected=()).notes == []
 
@@ -494,7 +508,8 @@ def test_cli_report(demo, tmp_path):
     summary = json.loads(res.stdout)
     assert summary["report"] == str(out) and out.read_text().startswith("<!DOCTYPE html>")
     assert [f["analysis"] for f in summary["found"]] == ["compare"]
-    assert sorted(n["where"] for n in summary["notes"]) == ["discover", "probe", "rosetta"]
+    assert sorted(n["where"] for n in summary["notes"]) == ["discover", "ood", "probe",
+                                                             "rosetta"]
     res = runner.invoke(app, ["report", str(demo / "probe"), "--expect", ""])
     assert res.exit_code == 0, res.output
     assert (demo / "probe" / "report.html").exists() and "0 note(s)" in res.output

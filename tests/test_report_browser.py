@@ -91,7 +91,7 @@ def test_full_report_in_chromium(browser, tmp_path, tiny_cnn_file):
     # wide tables scroll inside their box; the page itself never scrolls sideways
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     for heading in ("Run settings", "Summary", "Rosetta neurons", "Layer similarity", "Probes",
-                    "Object discovery", "Visualization"):
+                    "Out-of-distribution detection", "Object discovery", "Visualization"):
         assert page.get_by_role("heading", name=heading, exact=True).is_visible()
     # a link of the table of contents lands on its section
     page.click("nav.toc >> text=Probes")
@@ -116,9 +116,9 @@ def test_partial_report_in_chromium(browser, tmp_path):
     assert len(imgs) == 3  # image 0's mask; image 1's overlay and its second mask
     assert all(i["complete"] and i["w"] > 0 for i in imgs)
     missing = page.locator("p.note.missing")
-    # rosetta and compare absent (in place and in the summary's "Missing:" line), probe.json
-    # unreadable, an overlay missing, a mask corrupt
-    assert missing.count() == 6
+    # rosetta, compare and ood absent (in place and in the summary's "Missing:" line),
+    # probe.json unreadable, an overlay missing, a mask corrupt
+    assert missing.count() == 7
     assert all(missing.nth(i).is_visible() for i in range(missing.count()))
     assert page.locator("p.note", has_text="No rosetta results").is_visible()
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")

@@ -154,3 +154,20 @@ def test_store_writers_of_two_halves_make_the_store_of_the_whole(tmp_path, model
     first_batch = batches[0]
     np.testing.assert_array_equal(a.features(model.name, "blocks.0", "cls")[first_batch.indices],
                                   first_batch.features[model.name]["blocks.0"]["cls"].numpy())
+
+
+@pytest.mark.parametrize("name", ["correlation", "maps", "pooled_cka", "flat_cka", "mknn",
+                                  "discovery", "pca", "attention", "layerstats"])
+def test_fresh_is_an_empty_twin(name, model, source, batches):
+    """`fresh()` (what a backend's workers feed) is the sink as made, whatever this one holds."""
+    make, read = _sinks(model, len(source))[name]
+    fed = make()
+    for b in batches:
+        fed.update(b)
+    twin, new = fed.fresh(), make()
+    assert type(twin) is type(fed) and twin is not fed
+    for b in batches:
+        twin.update(b)
+        new.update(b)
+    for got, want in zip(read(twin), read(new), strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

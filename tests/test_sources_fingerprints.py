@@ -150,3 +150,41 @@ def test_the_fallback_hashes_decoded_pixels():
     fps = _Plain([red, blue, None]).item_fingerprints()
     assert fps[0].startswith("pixels:") and fps[0] != fps[1] and fps[2].startswith("bad:")
     assert _Plain([red.copy(), blue, None]).item_fingerprints() == fps
+
+
+def test_synthetic_shapes_and_backgrounds_options():
+    """Other shape and background sets (out-of-distribution scenes) are part of what defines a
+    scene; the default sets draw the scenes and fingerprints of earlier releases."""
+    from zoolens.errors import InputError
+    from zoolens.sources.synthetic import BACKGROUNDS, SHAPES, render_scene
+
+    default = SyntheticScenes(n=2, size=32, seed=3)
+    # fingerprints and pixels written before the options existed (stores keep matching)
+    assert default.item_fingerprints() == ["scene:c28e52f46341354b", "scene:816f4ff5f9d7efe0"]
+    assert default.description == "synthetic:scenes?n=2&size=32&seed=3&objects=2"
+    digest = hashlib.sha1()
+    for seed in (0, 3):
+        for i in range(6):
+            s = render_scene(i, 48, seed, 2)
+            digest.update(s.image.tobytes())
+            digest.update(s.instances.tobytes())
+    assert digest.hexdigest() == "595906cf2922d534a39ab150d9d0bc9aba656b5a"
+    named = SyntheticScenes(n=2, size=32, seed=3, shapes=",".join(SHAPES),
+                            backgrounds=list(BACKGROUNDS))
+    assert named.item_fingerprints() == default.item_fingerprints()
+
+    novel = open_source("synthetic:scenes?n=24&size=32&seed=3&shapes=star,ring&backgrounds=waves")
+    assert novel.description.endswith("&shapes=star,ring&backgrounds=waves")
+    scenes = [novel.scene(i) for i in range(24)]
+    assert {sh for s in scenes for sh in s.shapes} == {"star", "ring"}
+    assert {s.background for s in scenes} == {"waves"} and set(novel.labels) <= {"star", "ring"}
+    assert not set(novel.item_fingerprints()) & set(
+        SyntheticScenes(n=24, size=32, seed=3).item_fingerprints())
+    only_bg = SyntheticScenes(n=24, size=32, seed=3, backgrounds="dots")
+    assert not set(only_bg.item_fingerprints()) & set(novel.item_fingerprints())
+    for scene in scenes:  # every object is drawn, with its colour
+        assert all((scene.instances == k + 1).sum() > 0 for k in range(len(scene.shapes)))
+    with pytest.raises(InputError, match="unknown 'blob'; choose from circle"):
+        open_source("synthetic:scenes?shapes=star,blob")
+    with pytest.raises(InputError, match="backgrounds=''"):
+        SyntheticScenes(backgrounds="")

@@ -11,6 +11,11 @@ tapped like any other's, and the others look at what it drew.
 Memory holds one batch of activations at a time, whatever the number of images. The analyses
 rarely call `run` themselves: `zoolens.plan.run` plans a pass for a set of sinks, and replays a
 feature store instead when one already holds what they need.
+
+The pieces are public so that every backend runs the same code (`zoolens.backends`): `Decoder`
+(item i -> every model's input), `forward_batch` (a decoded batch -> every model -> the `Batch`
+the sinks see), `plan_batches` (which images form each batch). `run` is the local backend: a
+DataLoader over a `Decoder`, `forward_batch` per batch, the sinks in this process.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -29,12 +34,14 @@ from torch.utils.data import DataLoader, Dataset
 from .errors import InputError
 from .sinks import Batch, Need, Sink
 from .sources import BadImage, ImageSource
-from .taps import OUTPUT, PENULTIMATE, first_tensor, hooks, pool
+from .taps import OUTPUT, PENULTIMATE, TapInfo, first_tensor, hooks, pool
 from .zoo.model import Model
 from .zoo.registry import resolve_device
 from .zoo.window import WindowProbe
 
-__all__ = ["RunSummary", "run", "plan_batches", "progress_bar", "default_workers"]
+__all__ = ["RunSummary", "run", "plan_batches", "progress_bar", "default_workers", "Decoder", "Item",
+           "forward_batch", "running_order", "tap_infos", "autocast_context", "move_zoo",
+           "count_batch"]
 
 log = logging.getLogger("zoolens")
 
@@ -47,10 +54,14 @@ class RunSummary:
     seconds: float = 0.0
     device: str = "cpu"
     forwards: int = 0  # model forward passes (one per model and batch)
+    nodes: dict[str, int] = field(default_factory=dict)  # backend ray: units run per node
+    redone: list[int] = field(default_factory=list)  # backend ray: units redone (a worker died)
 
 
 @dataclass
-class _Item:
+class Item:
+    """One decoded item: every model's preprocessed input, or why the item cannot be used."""
+
     index: int
     inputs: list | None = None  # per model: its preprocessed input, or None (drawn later)
     reason: str | None = None  # why the item cannot be used
@@ -60,8 +71,9 @@ class _Item:
     image: np.ndarray | None = None  # the decoded pixels, when asked
 
 
-class _Decoding(Dataset):
-    """Decodes item i once and applies every model's preprocessing to it (in a worker)."""
+class Decoder(Dataset):
+    """Decodes item i once and applies every model's preprocessing to it (in a DataLoader worker
+    locally, in a Ray task on a cluster). `models` in running order (`running_order`)."""
 
     def __init__(self, source: ImageSource, models: Sequence[Model], need: Need):
         self.source = source
@@ -74,17 +86,22 @@ class _Decoding(Dataset):
     def __len__(self):
         return len(self.source)
 
-    def __getitem__(self, index: int) -> _Item:
+    def __getitem__(self, index: int) -> Item:
+        return self.decode(index)
+
+    def decode(self, index: int) -> Item:
+        """Item `index`: decoded, preprocessed for every model, with the facts `need` asks for;
+        a bad image comes back with its reason instead of raising."""
         try:
             decoded = self.source.decode(index)
             image = decoded.image
             inputs = [decoded.latent if p is None else (p(image) if image is not None else None)
                       for p in self.preprocess]
         except BadImage as exc:
-            return _Item(index, reason=str(exc))
+            return Item(index, reason=str(exc))
         except Exception as exc:  # a preprocessing that chokes on one image: skip it, say why
-            return _Item(index, reason=f"preprocessing failed: {type(exc).__name__}: {exc}")
-        item = _Item(index, inputs, note=decoded.note)
+            return Item(index, reason=f"preprocessing failed: {type(exc).__name__}: {exc}")
+        item = Item(index, inputs, note=decoded.note)
         if image is not None:
             item.size = (image.height, image.width)
             if self.probes is not None:
@@ -94,7 +111,7 @@ class _Decoding(Dataset):
         return item
 
 
-def _collate(items: list[_Item]):
+def _collate(items: list[Item]):
     return items
 
 
@@ -126,7 +143,7 @@ def default_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
 
-def _zoo(models: Sequence[Model], source: ImageSource) -> list[Model]:
+def running_order(models: Sequence[Model], source: ImageSource) -> list[Model]:
     """The models of a pass in running order: the source's drawing model first."""
     names = [m.name for m in models]
     if len(set(names)) != len(names):
@@ -141,60 +158,86 @@ def _zoo(models: Sequence[Model], source: ImageSource) -> list[Model]:
     return [drawer] + [m for m in models if m is not drawer]
 
 
-def run(models: Sequence[Model], source: ImageSource, need: Need, sinks: Sequence[Sink], *,
-        indices: Iterable[int] | None = None, batch_size: int = 32, chunk_size: int | None = None,
-        num_workers: int | None = None, device=None, amp: bool = False, progress: bool = True,
-        desc: str = "extracting", bar=None) -> RunSummary:
-    """Stream `source` (or its `indices`, in that order) through every model, calling each sink
-    per batch. `need` names, per model and layer, the reductions computed inside the hooks, and
-    the per-image facts wanted (`Need.images`, `Need.windows`). `bar`: a progress bar to advance
-    (one spanning several calls); by default one of its own."""
-    zoo = _zoo(models, source)
-    device = resolve_device(device if device is not None or not zoo else zoo[0].device)
+def tap_infos(zoo: Sequence[Model], need: Need) -> dict[str, dict[str, TapInfo]]:
+    """Per model, the `TapInfo` of each layer `need` taps (how its output is reduced)."""
+    return {m.name: {i.name: i for i in m.layers(list(need.taps[m.name]))}
+            if need.taps.get(m.name) else {} for m in zoo}
+
+
+def autocast_context(device: torch.device, amp: bool):
+    """Mixed precision for the forward pass when `amp` (float16 on CUDA, bfloat16 elsewhere)."""
+    if not amp:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda"
+                          else torch.bfloat16)
+
+
+def move_zoo(zoo: Sequence[Model], device: torch.device) -> None:
+    """Put every model of a pass on `device`."""
     for m in zoo:
         if m.device != device:
             m.module.to(device)
             m.device = device
+
+
+def run(models: Sequence[Model], source: ImageSource, need: Need, sinks: Sequence[Sink], *,
+        indices: Iterable[int] | None = None, batch_size: int = 32, chunk_size: int | None = None,
+        num_workers: int | None = None, device=None, amp: bool = False, progress: bool = True,
+        desc: str = "extracting",
+        on_done: Callable[[list[int]], None] | None = None) -> RunSummary:
+    """Stream `source` (or its `indices`, in that order) through every model, calling each sink
+    per batch. `need` names, per model and layer, the reductions computed inside the hooks, and
+    the per-image facts wanted (`Need.images`, `Need.windows`). `on_done(indices)` is called
+    after each batch, once every sink has taken it in, with the batch's source indices (used
+    and skipped): the planner checkpoints there."""
+    zoo = running_order(models, source)
+    device = resolve_device(device if device is not None or not zoo else zoo[0].device)
+    move_zoo(zoo, device)
     indices = list(range(len(source))) if indices is None else list(indices)
     batches = plan_batches(indices, batch_size, chunk_size)
-    infos = {m.name: {i.name: i for i in m.layers(list(need.taps[m.name]))}
-             if need.taps.get(m.name) else {} for m in zoo}
+    infos = tap_infos(zoo, need)
     summary = RunSummary(device=str(device))
-    autocast = (torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda"
-                               else torch.bfloat16) if amp else contextlib.nullcontext())
+    autocast = autocast_context(device, amp)
     workers = default_workers() if num_workers is None else num_workers
     if workers < 0:
         raise InputError(f"workers {workers}: must be 0 (decode in this process) or more")
-    dataset = _Decoding(source, zoo, need)
+    dataset = Decoder(source, zoo, need)
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers,
                         collate_fn=_collate, pin_memory=device.type == "cuda")
-    own_bar = bar is None
-    bar = progress_bar(len(indices), progress, desc) if own_bar else bar
+    bar = progress_bar(len(indices), progress, desc)
     start = time.perf_counter()
     try:
         for items in loader:
-            batch = _forward_batch(zoo, source, items, need, infos, device, autocast, dataset)
+            batch = forward_batch(zoo, source, items, need, infos, device, autocast, dataset)
             summary.forwards += len(zoo) if batch.indices else 0
-            for s in batch.skipped:
-                log.warning("skipped %s: %s", s["id"], s["reason"])
             for sink in sinks:
                 sink.update(batch)
-            summary.images += len(batch.indices)
-            summary.skipped += batch.skipped
-            summary.notes += batch.notes
-            bar.update(len(items))
-            if batch.skipped:
-                bar.set_postfix(skipped=len(summary.skipped))
+            count_batch(summary, batch, bar)
+            if on_done is not None:
+                on_done([it.index for it in items])
     finally:
-        if own_bar:
-            bar.close()
+        bar.close()
         summary.seconds = time.perf_counter() - start
     return summary
 
 
-def _forward_batch(zoo: list[Model], source: ImageSource, items: list[_Item], need: Need, infos,
-                   device, autocast, dataset: _Decoding) -> Batch:
-    """Every model on one decoded batch -> the Batch the sinks see."""
+def count_batch(summary: RunSummary, batch: Batch, bar) -> None:
+    """A batch the sinks took in: its images, skips (each logged) and notes in the summary."""
+    for s in batch.skipped:
+        log.warning("skipped %s: %s", s["id"], s["reason"])
+    summary.images += len(batch.indices)
+    summary.skipped += batch.skipped
+    summary.notes += batch.notes
+    bar.update(len(batch.indices) + len(batch.skipped))
+    if batch.skipped:
+        bar.set_postfix(skipped=len(summary.skipped))
+
+
+def forward_batch(zoo: list[Model], source: ImageSource, items: list[Item], need: Need,
+                  infos: dict[str, dict[str, TapInfo]], device: torch.device, autocast,
+                  decoder: Decoder) -> Batch:
+    """Every model (in running order, on `device`) on one decoded batch -> the Batch the sinks
+    see. `decoder` places the windows of images a generator drew in this batch."""
     good = [it for it in items if it.reason is None]
     ids = source.ids
     batch = Batch([it.index for it in good], [ids[it.index] for it in good], {},
@@ -227,7 +270,7 @@ def _forward_batch(zoo: list[Model], source: ImageSource, items: list[_Item], ne
             if need.windows:
                 for j, m in enumerate(zoo):
                     if not m.is_generator:
-                        batch.windows[m.name] = [dataset.probes[j](s) for s in batch.sizes]
+                        batch.windows[m.name] = [decoder.probes[j](s) for s in batch.sizes]
     return batch
 
 

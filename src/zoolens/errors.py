@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 __all__ = ["ZoolensError", "UnknownModelError", "UnknownLayerError", "InputError", "NotFittedError",
-           "WeightsUnavailableError", "UserCodeError"]
+           "WeightsUnavailableError", "UserCodeError", "BackendError"]
 
 
 class ZoolensError(Exception):
@@ -49,3 +49,7 @@ class UserCodeError(InputError):
     def __init__(self, message: str, filename: str | None = None, lineno: int | None = None):
         super().__init__(message)
         self.filename, self.lineno = filename, lineno
+
+
+class BackendError(ZoolensError, RuntimeError):
+    """A backend cannot run: Ray is not installed, a cluster does not answer, workers failed."""

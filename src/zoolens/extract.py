@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from . import plan
+from .backends import Backend, resolve_backend
 from .errors import InputError
 from .sources import open_source
 from .store import Store
@@ -24,7 +25,7 @@ def extract(models, images, layers="blocks", out: str | Path | None = None, pool
             maps=None, batch_size: int = 32, device=None, dtype: str = "float16",
             pretrained: bool = True, seed: int = 0, num_workers: int | None = None,
             amp: bool = False, chunk_size: int | None = None, overwrite: bool = False,
-            progress: bool = True) -> Store:
+            progress: bool = True, backend: str | Backend | None = None) -> Store:
     """Run `images` through `models`, pool the `layers` and write them to the store `out`.
 
     models: spec strings or `Model`s. images: anything `open_source` takes (a folder,
@@ -34,12 +35,16 @@ def extract(models, images, layers="blocks", out: str | Path | None = None, pool
     layers kept as full maps whatever `pool` says. seed: random weights' seed (recorded in the
     store with each model's weights fingerprint). chunk_size: images between checkpoints
     (a multiple of `batch_size`; default about 256, fewer for small runs). Rerunning on the
-    same `out` resumes. Writes `out/extract.json` (a summary) and returns the opened Store."""
+    same `out` resumes. backend: "local" (default), "ray" or a `zoolens.RayBackend` (models
+    on a Ray cluster; the store is written here either way; `num_workers` then counts model
+    workers). Writes `out/extract.json` (a summary) and returns the opened Store."""
     if out is None:
         raise InputError("extract needs out=DIR, the folder the feature store is written to")
     if pool not in POOLS:
         raise InputError(f"pool {pool!r}: use one of {', '.join(POOLS)}")
-    models = as_models(models, pretrained=pretrained, device=device, seed=seed)
+    runner = resolve_backend(backend, num_workers=num_workers)
+    models = as_models(models, pretrained=pretrained, device=runner.load_device(device),
+                       seed=seed)
     source = open_source(images)
     chosen = resolve_layers(models, layers)
     full_maps = resolve_layers(models, maps) if maps is not None else {}
@@ -48,8 +53,8 @@ def extract(models, images, layers="blocks", out: str | Path | None = None, pool
         names = list(dict.fromkeys(chosen[m.name] + full_maps.get(m.name, [])))
         pools[m.name] = {n: ["none" if n in full_maps.get(m.name, []) else pool] for n in names}
     store = plan.extract(models, source, pools, out, batch_size=batch_size, chunk_size=chunk_size,
-                         dtype=dtype, overwrite=overwrite, num_workers=num_workers, device=device,
-                         amp=amp, progress=progress)
+                         dtype=dtype, overwrite=overwrite, device=device, amp=amp,
+                         progress=progress, backend=runner)
     (Path(out) / "extract.json").write_text(json.dumps(summarize(store), indent=1))
     return store
 

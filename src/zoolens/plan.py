@@ -8,6 +8,11 @@
 - `extract(...)` makes sure a feature store holds some taps, resuming an unfinished one: what
   `zoolens.extract` and the probes build on.
 
+Both take `backend=` (`zoolens.backends`): where the batches run — here ("local") or on a Ray
+cluster ("ray", or a `RayBackend` with its settings). Checkpoints and the store's finished
+chunks work the same on either: the backend reports the images every sink holds (`on_done`),
+and the planner saves there.
+
 An analysis is then: build its sinks, call `run`, read `sink.result()`.
 """
 
@@ -22,16 +27,16 @@ from typing import Iterable, Sequence
 
 import torch
 
+from .backends import Backend, resolve_backend
 from .engine import RunSummary, progress_bar
-from .engine import run as run_engine
 from .errors import InputError
 from .sinks import Need, Sink
 from .sources import ImageSource
-from .store import Store, StoreWriter, default_chunk_size
+from .store import Store, StoreWriter, default_chunk_size, slug
 from .taps import POOLS, TapInfo
 from .zoo.model import Model
 
-__all__ = ["run", "extract", "store_config", "reusable_store"]
+__all__ = ["run", "extract", "extract_splits", "store_config", "reusable_store"]
 
 log = logging.getLogger("zoolens")
 
@@ -98,60 +103,69 @@ def run(models: Sequence[Model], source: ImageSource, sinks: Sequence[Sink], *,
         store: str | Path | Store | None = None, indices: Iterable[int] | None = None,
         checkpoint: str | Path | None = None, key: str = "", every: int = 256,
         batch_size: int = 32, num_workers: int | None = None, device=None, amp: bool = False,
-        dtype: str = "float16", progress: bool = True, desc: str = "extracting") -> RunSummary:
+        dtype: str = "float16", progress: bool = True, desc: str = "extracting",
+        backend: str | Backend | None = None) -> RunSummary:
     """Feed `sinks` from one pass over `source` (or its `indices`, in that order).
 
     store: a feature store folder. When it holds what the sinks need, computed by the same
     models from the same images, it is read instead of running the models (the summary then
     says `forwards == 0`). Otherwise the models run and, when the folder is new or holds an
     unfinished extraction of the same taps, the store is written on the way.
-    checkpoint: a file the sinks' states are saved to after every `every` images, with the
-    images done; a rerun with the same `key` (a digest of the settings) loads them and goes on
-    where the last run stopped. Every sink can be checkpointed: its state is declared.
+    checkpoint: a file the sinks' states are saved to, with the images done, whenever `every`
+    more images are done (and at the end); a rerun with the same `key` (a digest of the
+    settings) loads them and goes on where the last run stopped. Every sink can be
+    checkpointed: its state is declared.
+    backend: where the models run ("local", "ray", or a backend object); `num_workers` means
+    its workers (`zoolens.backends.resolve_backend`). A store is read here, whatever it says.
     """
     need = functools.reduce(operator.or_, [s.need for s in sinks], Need())
     used = [m for m in models if m.name in need.taps]
     order = list(range(len(source))) if indices is None else [int(i) for i in indices]
-    done: set[int] = set()
+    saver = None
     if checkpoint is not None:
         done = _resume(Path(checkpoint), key, sinks)
         order = [i for i in order if i not in done]
+        saver = _Checkpoints(Path(checkpoint), key, sinks, done, every)
     prints = source.item_fingerprints() if store is not None else None
     stored = reusable_store(store, used, source, need, prints)
-    writer = None if stored is not None else _writer(store, used, source, need, prints,
-                                                     batch_size, dtype)
-    total = RunSummary(device="store" if stored is not None else "")
-    step = every if checkpoint is not None else max(len(order), 1)
-    bar = progress_bar(len(order) + len(done), progress,
-                       desc + (" (from the store)" if stored is not None else ""))
-    bar.update(len(done))  # a resumed run shows what was done before
-    try:
-        for start in range(0, len(order), step):
-            part = order[start:start + step]
-            if stored is not None:
-                summary = _replay(stored, sinks, need, part, batch_size, bar)
-            else:
-                summary = run_engine(used, source, need, list(sinks) + ([writer] if writer else []),
-                                     indices=part, batch_size=batch_size, num_workers=num_workers,
-                                     device=device, amp=amp, bar=bar)
-            _add(total, summary)
-            if checkpoint is not None:
-                done.update(part)
-                _save_checkpoint(Path(checkpoint), key, done, sinks)
-    finally:
-        bar.close()
-        if writer is not None:
-            writer.close()
-    return total
+    if stored is not None:
+        summary = _replay(stored, sinks, need, order, batch_size, progress, desc, saver)
+    else:
+        runner = resolve_backend(backend, num_workers=num_workers)
+        if order:
+            runner.connect()  # a cluster that does not answer fails before any file is made
+        writer = _writer(store, used, source, need, prints, batch_size, dtype)
+        try:
+            summary = runner.run(used, source, need, list(sinks) + ([writer] if writer else []),
+                                 indices=order, batch_size=batch_size, device=device, amp=amp,
+                                 progress=progress, desc=desc, on_done=saver)
+        finally:
+            if writer is not None:
+                writer.close()
+    if saver is not None:
+        saver.save()
+    return summary
 
 
-def _add(total: RunSummary, part: RunSummary) -> None:
-    total.images += part.images
-    total.skipped += part.skipped
-    total.notes += part.notes
-    total.seconds += part.seconds
-    total.forwards += part.forwards
-    total.device = part.device
+class _Checkpoints:
+    """Called by the backend with the images every sink holds; saves the sinks' states and the
+    images done whenever `every` more are done (`save()` at the end)."""
+
+    def __init__(self, path: Path, key: str, sinks: Sequence[Sink], done: set[int], every: int):
+        if every < 1:
+            raise InputError(f"every {every}: checkpoint after at least 1 image")
+        self.path, self.key, self.sinks, self.done, self.every = path, key, sinks, done, every
+        self._since = 0
+
+    def __call__(self, indices: list[int]) -> None:
+        self.done.update(indices)
+        self._since += len(indices)
+        if self._since >= self.every:
+            self.save()
+
+    def save(self) -> None:
+        _save_checkpoint(self.path, self.key, self.done, self.sinks)
+        self._since = 0
 
 
 def _writer(store, models, source, need: Need, fingerprints, batch_size: int, dtype: str):
@@ -192,26 +206,34 @@ def _save_checkpoint(path: Path, key: str, done: set[int], sinks: Sequence[Sink]
 
 
 def _replay(store: Store, sinks, need: Need, indices: list[int], batch_size: int,
-            bar) -> RunSummary:
+            progress: bool, desc: str, on_done=None) -> RunSummary:
     log.info("reading the features from %s (no model runs)", store.path)
     summary = RunSummary(device="store")
-    for batch in store.batches(need, indices=indices, batch_size=batch_size):
-        for sink in sinks:
-            sink.update(batch)
-        summary.images += len(batch.indices)
-        summary.skipped += batch.skipped
-        bar.update(len(batch.indices) + len(batch.skipped))
+    bar = progress_bar(len(indices), progress, f"{desc} (from the store)")
+    try:
+        for batch in store.batches(need, indices=indices, batch_size=batch_size):
+            for sink in sinks:
+                sink.update(batch)
+            summary.images += len(batch.indices)
+            summary.skipped += batch.skipped
+            bar.update(len(batch.indices) + len(batch.skipped))
+            if on_done is not None:
+                on_done(list(batch.indices) + [s["index"] for s in batch.skipped])
+    finally:
+        bar.close()
     return summary
 
 
 def extract(models: Sequence[Model], source: ImageSource, pools: dict[str, dict[str, list[str]]],
             out: str | Path, *, batch_size: int = 32, chunk_size: int | None = None,
             dtype: str = "float16", overwrite: bool = False, num_workers: int | None = None,
-            device=None, amp: bool = False, progress: bool = True) -> Store:
+            device=None, amp: bool = False, progress: bool = True,
+            backend: str | Backend | None = None) -> Store:
     """Make the store at `out` hold, for each model and layer of `pools`, the poolings listed: a
     finished store that holds them (maybe with more) is left as it is, a store of the same
     settings is resumed (finished chunks are not redone), one of other settings is refused
-    unless `overwrite`."""
+    unless `overwrite`. backend: where the models run (see `run`); the store is written here,
+    by this process, whatever the backend."""
     chunk_size = chunk_size or default_chunk_size(len(source), batch_size)
     if chunk_size % batch_size:
         raise InputError(f"chunk size {chunk_size} must be a multiple of the batch size "
@@ -222,6 +244,8 @@ def extract(models: Sequence[Model], source: ImageSource, pools: dict[str, dict[
     held = None if overwrite else reusable_store(out, used, source, need, prints)
     if held is not None:  # a finished store already holds all of it (maybe more)
         return held
+    runner = resolve_backend(backend, num_workers=num_workers)
+    runner.connect()  # a cluster that does not answer fails before the store is created
     writer = StoreWriter(out, _infos(used, pools), pools, ids=source.ids, labels=source.labels,
                          fingerprints=prints, dtype=dtype, chunk_size=chunk_size,
                          config=store_config(used, source),
@@ -234,12 +258,26 @@ def extract(models: Sequence[Model], source: ImageSource, pools: dict[str, dict[
     summary = None
     try:
         if todo:
-            summary = run_engine(models, source, writer.need, [writer], indices=todo,
-                                 batch_size=batch_size, chunk_size=chunk_size,
-                                 num_workers=num_workers, device=device, amp=amp,
-                                 progress=progress)
+            summary = runner.run(models, source, writer.need, [writer], indices=todo,
+                                 batch_size=batch_size, chunk_size=chunk_size, device=device,
+                                 amp=amp, progress=progress)
     finally:
         extra = {"last_run": {"images": summary.images, "seconds": round(summary.seconds, 3),
-                              "device": summary.device}} if summary else {}
+                              "device": summary.device,
+                              **({"nodes": len(summary.nodes)} if summary.nodes else {})}
+                 } if summary else {}
         writer.close(**extra)
     return writer.result()
+
+
+def extract_splits(model: Model, sources: dict[str, ImageSource],
+                   pools: dict[str, list[str]], folder: str | Path, **options) -> dict[str, Store]:
+    """One store of `model`'s features per split: `folder/<split>` (a split may be a path such
+    as ``ood/photos``; each part becomes a file name), each made, reused or resumed by
+    `extract` with `options`. What the probes, OOD detection and curation read."""
+    stores = {}
+    for split, source in sources.items():
+        path = Path(folder).joinpath(*(slug(part) for part in split.split("/")))
+        log.info("%s: %s features -> %s", model.name, split, path)
+        stores[split] = extract([model], source, {model.name: pools}, path, **options)
+    return stores

@@ -11,6 +11,8 @@
   `load_state_dict()` and `merge()` then come from this base class (the shape of torchmetrics'
   `Metric` and Ray Data's aggregators). Sinks fed disjoint parts of a dataset — batches, chunks,
   processes, machines — merge into the sink of all of it; a backend needs no per-analysis code.
+  `fresh()` gives an empty sink made as this one was (for each share of a split run), and
+  `on_driver` says a sink must stay in the process that started the run.
 
 This module imports neither the engine nor the store: both import it.
 """
@@ -157,7 +159,13 @@ class Sink:
     Subclasses set `need` (a `Need`), declare each piece of state in `__init__` with
     `add_state(name, default, merge=rule)`, and write `update(batch)` and `result()`. A rule is
     one of `MERGE_RULES` ("sum", "cat", "union", "merge") or a function ``(a, b) -> merged``.
-    Everything else — `state_dict`, `load_state_dict`, `merge` — is here, once.
+    Everything else — `state_dict`, `load_state_dict`, `merge`, `fresh` — is here, once.
+
+    A backend that splits a run (`zoolens.backends.RayBackend`) feeds `fresh()` copies of a sink
+    in its workers and merges their states into the sink it was given, in source order. A sink
+    that cannot run there sets `on_driver = True`: one that writes files on the machine that
+    started the run (`StoreWriter`), or one whose result depends on seeing the whole stream in
+    one process; the backend then sends it the batches it needs.
 
     The contract, tested for every sink: a sink fed the first part of a dataset, merged with one
     fed the rest, gives the result of one sink fed all of it.
@@ -173,6 +181,21 @@ class Sink:
     """
 
     need: Need = Need()
+    #: True: runs only where the run started (writes local files, needs the whole stream).
+    on_driver: bool = False
+
+    def __new__(cls, *args, **kwargs):
+        self = super().__new__(cls)
+        # the constructor's arguments, kept so that `fresh()` can build an empty twin, like
+        # scikit-learn's `clone` (the arguments are shared, not copied: they are settings)
+        self.__dict__["_init_args"] = (args, kwargs)
+        return self
+
+    def fresh(self) -> "Sink":
+        """A new, empty sink made with this one's constructor arguments (its state as declared
+        by `add_state`, before any batch)."""
+        args, kwargs = self.__dict__.get("_init_args", ((), {}))
+        return type(self)(*args, **kwargs)
 
     def add_state(self, name: str, default, merge: str | Callable = "sum") -> None:
         if isinstance(merge, str) and merge not in MERGE_RULES:

@@ -96,6 +96,8 @@ class StoreWriter(Sink):
     `fingerprints` (one per image, `ImageSource.item_fingerprints()`) are recorded per row: an
     image whose content changed since a row was written makes its chunk be computed again."""
 
+    on_driver = True  # its files are on the machine that started the run
+
     def __init__(self, out: str | Path, infos: dict[str, dict[str, TapInfo]],
                  pools: dict[str, dict[str, list[str]]], *, ids: list[str], labels=None,
                  fingerprints: list[str] | None = None, dtype: str = "float16",
@@ -318,7 +320,7 @@ def _refusal(out: Path, old: dict, new: dict) -> str:
                     "choose another --out, or --overwrite to start over")
     diff = [k for k in set(old) | set(new) if old.get(k) != new.get(k)]
     return (f"{out} holds another extraction (settings differ in: {', '.join(sorted(diff))}); "
-            "choose another --out, or overwrite")
+            "choose another --out, or --overwrite (overwrite=True) to extract again")
 
 
 def _merge_records(a: list[dict], b: list[dict]) -> list[dict]:

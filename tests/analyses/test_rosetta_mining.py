@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 import zoolens
+import zoolens.engine
 import zoolens.plan
 from zoolens.analyses.rosetta import mining
 from zoolens.cli import app
@@ -136,21 +137,24 @@ def test_memory_budget_splits_into_passes_with_the_same_answer(zoo_file):
 
 def test_interrupted_run_resumes_to_the_same_result(zoo_file, tmp_path, monkeypatch):
     monkeypatch.setattr(mining, "_CHECKPOINT_EVERY", 8)
-    reference = _mine(zoo_file, out=tmp_path / "ref")
-    real_run = zoolens.plan.run_engine
+    reference = _mine(zoo_file, out=tmp_path / "ref", batch_size=4)
+    real_forward = zoolens.engine._forward
     calls = {"n": 0}
 
-    def flaky(*args, **kw):
+    def flaky(*args, **kw):  # two models per batch: call 7 is the 4th batch, 12 images in
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == 7:
             raise KeyboardInterrupt
-        return real_run(*args, **kw)
+        return real_forward(*args, **kw)
 
-    monkeypatch.setattr(zoolens.plan, "run_engine", flaky)
+    monkeypatch.setattr(zoolens.engine, "_forward", flaky)
     with pytest.raises(KeyboardInterrupt):
-        _mine(zoo_file, out=tmp_path / "cut")
-    monkeypatch.setattr(zoolens.plan, "run_engine", real_run)
-    resumed = _mine(zoo_file, out=tmp_path / "cut")
+        _mine(zoo_file, out=tmp_path / "cut", batch_size=4)
+    saved = torch.load(tmp_path / "cut" / "state" / "pass0.pt", weights_only=False)
+    assert saved["done"] == list(range(8))  # the checkpoint after 8 images
+    monkeypatch.setattr(zoolens.engine, "_forward", real_forward)
+    calls["n"] = 0
+    resumed = _mine(zoo_file, out=tmp_path / "cut", batch_size=4)
     assert resumed.sets == reference.sets and resumed.images == 24
     for (k1, v1), (k2, v2) in zip(reference.pairs.items(), resumed.pairs.items()):
         assert k1 == k2

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .. import plan
+from ..backends import Backend, resolve_backend
 from ..errors import InputError
 from ..sinks import Batch, Need, Sink
 from ..sources import open_source
@@ -139,21 +140,24 @@ class LayerStatsResult:
 
 def layerstats(models, images, *, layers="blocks", batch_size: int = 32, device=None,
                num_workers: int | None = None, pretrained: bool = True, seed: int = 0,
-               store=None,
-               progress: bool = True, out: str | Path | None = None) -> LayerStatsResult:
+               store=None, progress: bool = True, out: str | Path | None = None,
+               backend: str | Backend | None = None) -> LayerStatsResult:
     """Activation statistics of every unit of the tapped `layers` of `models` on `images`.
 
     models: specs or Models; images: anything `open_source` takes; layers: a selector or a dict
     per model. store: a feature store holding the layers as full maps (`extract --pool none`),
-    read instead of running the models. With `out`, writes `layerstats.json` and the per-unit
-    arrays in `layerstats.npz`."""
-    models = as_models(models, pretrained=pretrained, device=device, seed=seed)
+    read instead of running the models. backend: where the models run ("local", "ray", or a
+    `zoolens.RayBackend`; see `zoolens.plan.run`). With `out`, writes `layerstats.json` and the
+    per-unit arrays in `layerstats.npz`."""
+    runner = resolve_backend(backend, num_workers=num_workers)
+    models = as_models(models, pretrained=pretrained, device=runner.load_device(device),
+                       seed=seed)
     source = open_source(images)
     chosen = resolve_layers(models, layers)
     channels = {m.name: {i.name: i.channels for i in m.layers(chosen[m.name])} for m in models}
     sink = LayerStatsSink(chosen, channels)
     summary = plan.run(models, source, [sink], store=store, batch_size=batch_size,
-                       num_workers=num_workers, device=device, progress=progress,
+                       device=device, progress=progress, backend=runner,
                        desc="layer statistics")
     if sink.images == 0:
         raise InputError(f"images {source.description!r}: none of the {len(source)} images "

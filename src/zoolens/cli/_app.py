@@ -5,6 +5,7 @@ way to call the library (`call`), and --json output."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import json
 import logging
@@ -19,13 +20,15 @@ from typing import Annotated, Callable, List, Optional
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from .. import __version__
 from ..errors import ZoolensError
 
 __all__ = ["app", "console", "setup_logging", "fail", "emit_json", "call", "command", "SPECS_HELP",
            "Models", "Images", "Layers", "Out", "BatchSize", "Device", "Workers", "NoPretrained",
-           "Seed", "Json", "Verbose", "Store", "parse_bytes"]
+           "Seed", "Json", "Verbose", "Store", "BackendName", "Address", "GpusPerWorker",
+           "with_backend", "parse_bytes"]
 
 SPECS_HELP = ("timm:resnet50  torchvision:resnet50  open_clip:ViT-B-32/laion2b_s34b_b79k  "
               "hf:facebook/dinov2-small  file:zoo.py:factory; NAME=SPEC names a model")
@@ -61,7 +64,9 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 def fail(exc: Exception | str) -> None:
     """Print one clear line and exit 2 (no traceback for errors the user can fix)."""
-    console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+    # escaped: a message may hold brackets (pip install 'zoolens[ray]', paths) that are no markup
+    console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True,
+                  soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -87,6 +92,22 @@ def _device(value: Optional[str]) -> Optional[str]:
     except ZoolensError as exc:
         fail(exc)
     return value
+
+
+def _backend_name(value: str) -> str:
+    from ..backends import BACKENDS
+
+    if value.lower() not in BACKENDS:
+        fail(f"--backend {value!r}: use one of {', '.join(BACKENDS)}")
+    return value.lower()
+
+
+def _at_least_float(flag: str, low: float, what: str):
+    def check(value):
+        if value is not None and not value >= low:
+            fail(f"{flag} {value:g}: {what}")
+        return value
+    return check
 
 
 def _out(value: Optional[Path]) -> Optional[Path]:
@@ -122,12 +143,25 @@ Device = Annotated[Optional[str], typer.Option(callback=_device,
                                                     "present)")]
 Workers = Annotated[Optional[int], typer.Option(
     "--workers", callback=_at_least("--workers", 0, "give 0 (decode in the main process) or more"),
-    help="decoding workers (default: CPU count, max 8)")]
+    help="local: decoding workers (default: CPU count, max 8); ray: model workers (default: one "
+         "per GPU, else half the CPUs)")]
 NoPretrained = Annotated[bool, typer.Option("--no-pretrained", help="random weights (seeded)")]
 Seed = Annotated[int, typer.Option(help="seed of random weights and sampling")]
 Store = Annotated[Optional[Path], typer.Option(help="a feature store (zoolens extract) to read "
                                                     "the features from instead of running the "
                                                     "models, when it holds them")]
+BackendName = Annotated[str, typer.Option(
+    "--backend", callback=_backend_name,
+    help="local (this machine) | ray (a Ray cluster: decoding in tasks, models in an actor pool; "
+         "needs the ray extra of zoolens)")]
+Address = Annotated[Optional[str], typer.Option(
+    "--address", help="--backend ray: auto (the cluster `ray start` made), HOST:PORT or "
+                      "ray://HOST:10001 (default: a local cluster started for the run)")]
+GpusPerWorker = Annotated[Optional[float], typer.Option(
+    "--gpus-per-worker", callback=_at_least_float("--gpus-per-worker", 0.0,
+                                                  "give 0 or more (fractions allowed)"),
+    help="--backend ray: GPUs per model worker, fractions allowed (default: 1 when the cluster "
+         "has GPUs, else 0)")]
 Json = Annotated[bool, typer.Option("--json", help="print the result JSON to stdout")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="log what happens")]
 
@@ -175,6 +209,60 @@ def emit_json(obj, as_json: bool) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# the backend options: declared once, turned into one `backend` argument
+
+
+def make_backend(backend: str = "local", address: Optional[str] = None,
+                 gpus_per_worker: Optional[float] = None):
+    """The backend object the three options name; a bad combination fails naming the flag, and
+    a Ray cluster named by --address is reached now, before anything is created."""
+    from ..backends import LocalBackend, RayBackend
+
+    if backend == "local":
+        for flag, value in (("--address", address), ("--gpus-per-worker", gpus_per_worker)):
+            if value is not None:
+                fail(f"{flag} applies to --backend ray; add --backend ray, or drop {flag}")
+        return LocalBackend()
+    try:
+        chosen = RayBackend(address=address, gpus_per_worker=gpus_per_worker)
+        if address is not None:
+            chosen.connect()
+    except ZoolensError as exc:
+        fail(exc)
+    return chosen
+
+
+def with_backend(fn: Callable) -> Callable:
+    """A command whose function takes `backend=` gets --backend, --address and
+    --gpus-per-worker instead, combined into one backend object (`make_backend`); --workers
+    stays the function's own `workers`/`num_workers` and counts the backend's workers."""
+    hints = typing.get_type_hints(fn, include_extras=True)
+    sig = inspect.signature(fn)
+    params = [p.replace(annotation=hints.get(p.name, p.annotation))
+              for p in sig.parameters.values() if p.name != "backend"]
+    options = [inspect.Parameter("backend", inspect.Parameter.KEYWORD_ONLY, default="local",
+                                 annotation=BackendName),
+               inspect.Parameter("address", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                 annotation=Address),
+               inspect.Parameter("gpus_per_worker", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                 annotation=GpusPerWorker)]
+    tail = [p for p in params if p.name in ("as_json", "verbose")]  # --json, -v stay last
+    params = [p for p in params if p not in tail]
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params + options + tail]
+
+    @functools.wraps(fn)
+    def run(**kw):
+        kw["backend"] = make_backend(kw.pop("backend"), kw.pop("address"),
+                                     kw.pop("gpus_per_worker"))
+        return fn(**kw)
+
+    run.__signature__ = inspect.Signature(params)
+    run.__annotations__ = {p.name: p.annotation for p in params}
+    del run.__wrapped__  # Typer must read the signature above, not the function's own
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
 # a command from a library function
 
 
@@ -191,11 +279,12 @@ def command(fn: Callable, name: str | None = None) -> Callable:
     -o, `num_workers` -> --workers, `pretrained` -> --no-pretrained), every other keyword of a
     simple type becomes `--kebab-case` with its default, and --json and --verbose are added.
     The help is the docstring's first paragraph; the result's `summary()` is printed and its
-    `to_dict()` is the JSON. One line per analysis: ``command(layerstats)``."""
+    `to_dict()` is the JSON. A `backend` parameter gets --backend, --address and
+    --gpus-per-worker (`with_backend`). One line per analysis: ``command(layerstats)``."""
     hints = typing.get_type_hints(fn)
     params = []
     for p in inspect.signature(fn).parameters.values():
-        if p.name == "progress":
+        if p.name in ("progress", "backend"):
             continue
         if p.name == "pretrained":
             params.append(inspect.Parameter("no_pretrained", inspect.Parameter.KEYWORD_ONLY,
@@ -214,6 +303,9 @@ def command(fn: Callable, name: str | None = None) -> Callable:
         params.append(inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY,
                                         default=... if required else p.default,
                                         annotation=annotation))
+    if "backend" in inspect.signature(fn).parameters:
+        params.append(inspect.Parameter("backend", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=Optional[str]))  # replaced by with_backend
     params += [inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, default=False,
                                  annotation=Json),
                inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, default=False,
@@ -233,4 +325,6 @@ def command(fn: Callable, name: str | None = None) -> Callable:
     run.__annotations__ = {p.name: p.annotation for p in params}
     run.__doc__ = (fn.__doc__ or "").split("\n\n")[0]
     run.__name__ = name or fn.__name__
+    if "backend" in inspect.signature(fn).parameters:
+        run = with_backend(run)
     return app.command(name or fn.__name__)(run)

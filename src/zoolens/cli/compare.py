@@ -9,12 +9,13 @@ import typer
 
 from ..errors import InputError
 from ._app import (SPECS_HELP, BatchSize, Device, Images, Json, Layers, NoPretrained, Out, Store,
-                   Verbose, Workers, app, call, console, emit_json, fail)
+                   Verbose, Workers, app, call, console, emit_json, fail, with_backend)
 
 __all__ = ["compare"]
 
 
 @app.command()
+@with_backend
 def compare(model: Annotated[list[str], typer.Option(
                 "--model", "-m", help=f"one or two specs ({SPECS_HELP}); one spec compares the "
                                       "model with itself")],
@@ -32,7 +33,7 @@ def compare(model: Annotated[list[str], typer.Option(
             seed: Annotated[int, typer.Option(help="random weights' seed, and the shuffled image "
                                                    "order of --features flat")] = 0,
             device: Device = None, workers: Workers = None, store: Store = None,
-            no_pretrained: NoPretrained = False, as_json: Json = False,
+            no_pretrained: NoPretrained = False, backend=None, as_json: Json = False,
             verbose: Verbose = False):
     """Compare the layers of two models (or of one model with itself) on the same images:
     linear CKA or mutual k-NN alignment, as a matrix and a heatmap."""
@@ -44,7 +45,7 @@ def compare(model: Annotated[list[str], typer.Option(
         result = run_compare(model[0], model[-1], images, layers_a=layers, layers_b=layers_b,
                              metric=metric, k=k, features=features, batch_size=batch_size,
                              seed=seed, device=device, num_workers=workers, store=store,
-                             pretrained=not no_pretrained, out=out)
+                             pretrained=not no_pretrained, out=out, backend=backend)
     for s in result.skipped:
         console.print(f"[yellow]skipped[/] {s['id']}: {s['reason']}")
     m = result.array

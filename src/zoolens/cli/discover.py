@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from ._app import (SPECS_HELP, BatchSize, Device, Images, Json, NoPretrained, Out, Seed,
-                   Verbose, Workers, app, call, console, emit_json)
+                   Verbose, Workers, app, call, console, emit_json, with_backend)
 
 Model = Annotated[str, typer.Option("--model", "-m", help=SPECS_HELP)]
 Layer = Annotated[Optional[str], typer.Option("--layer", "-l",
@@ -15,6 +15,7 @@ Layer = Annotated[Optional[str], typer.Option("--layer", "-l",
 
 
 @app.command()
+@with_backend
 def discover(model: Model, images: Images, out: Out, layer: Layer = None,
              features: Annotated[str, typer.Option(help="keys (TokenCut's choice) | tokens")]
              = "keys",
@@ -25,7 +26,8 @@ def discover(model: Model, images: Images, out: Out, layer: Layer = None,
              eps: Annotated[float, typer.Option(help="weight of the affinities below tau")]
              = 1e-5,
              batch_size: BatchSize = 16, device: Device = None, workers: Workers = None,
-             no_pretrained: NoPretrained = False, seed: Seed = 0, as_json: Json = False,
+             no_pretrained: NoPretrained = False, seed: Seed = 0, backend=None,
+             as_json: Json = False,
              verbose: Verbose = False):
     """Find up to N objects per image without labels (TokenCut / MaskCut on patch features):
     one PNG mask per object, an overlay per image, and DIR/discover.json."""
@@ -38,7 +40,7 @@ def discover(model: Model, images: Images, out: Out, layer: Layer = None,
         found = run_discover(model, images, layer=layer, features=features, objects=objects,
                              tau=tau, eps=eps, batch_size=batch_size, device=device,
                              num_workers=workers, pretrained=not no_pretrained, seed=seed,
-                             out=out)
+                             out=out, backend=backend)
     summary = json.loads((out / "discover.json").read_text())
     for s in summary["skipped"]:
         console.print(f"[yellow]skipped[/] {s['id']}: {s['reason']}")
@@ -52,6 +54,7 @@ def discover(model: Model, images: Images, out: Out, layer: Layer = None,
 
 
 @app.command()
+@with_backend
 def visualize(model: Model, images: Images, out: Out,
               kind: Annotated[str, typer.Option("--kind", "-k", help="pca | attention")] = "pca",
               layer: Layer = None,
@@ -60,7 +63,8 @@ def visualize(model: Model, images: Images, out: Out,
                   help="pca: foreground threshold in [0, 1] on the first component (default: "
                        "its mean)")] = None,
               batch_size: BatchSize = 16, device: Device = None, workers: Workers = None,
-              no_pretrained: NoPretrained = False, seed: Seed = 0, as_json: Json = False,
+              no_pretrained: NoPretrained = False, seed: Seed = 0, backend=None,
+              as_json: Json = False,
               verbose: Verbose = False):
     """Picture what a model sees per patch: PCA colours fitted jointly over the images (DINOv2's
     figure) or the class token's attention per head (ViTs). Writes one PNG per image
@@ -73,7 +77,7 @@ def visualize(model: Model, images: Images, out: Out,
         vis = run_visualize(model, images, kind=kind, layer=layer, features=features,
                             threshold=threshold, batch_size=batch_size, device=device,
                             num_workers=workers, pretrained=not no_pretrained, seed=seed,
-                            out=out)
+                            out=out, backend=backend)
     summary = json.loads((out / "visualize.json").read_text())
     for s in summary["skipped"]:
         console.print(f"[yellow]skipped[/] {s['id']}: {s['reason']}")

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ._app import (SPECS_HELP, BatchSize, Device, Images, Json, Layers, Models, NoPretrained, Out,
-                   Seed, Verbose, Workers, app, call, console, emit_json)
+                   Seed, Verbose, Workers, app, call, console, emit_json, with_backend)
 
 
 @app.command()
@@ -59,6 +59,7 @@ def layers(spec: Annotated[str, typer.Argument(help=SPECS_HELP)],
 
 
 @app.command()
+@with_backend
 def extract(model: Models, images: Images, out: Out, layers: Layers = "blocks",
             pool: Annotated[str, typer.Option(help="mean | cls | none")] = "mean",
             maps: Annotated[Optional[str], typer.Option(help="layers kept as full maps too")]
@@ -73,7 +74,7 @@ def extract(model: Models, images: Images, out: Out, layers: Layers = "blocks",
             amp: Annotated[bool, typer.Option(help="autocast the forward pass")] = False,
             no_pretrained: NoPretrained = False, seed: Seed = 0,
             overwrite: Annotated[bool, typer.Option(help="start over instead of resuming")] = False,
-            as_json: Json = False, verbose: Verbose = False):
+            backend=None, as_json: Json = False, verbose: Verbose = False):
     """Tap the layers of one or more models on the same images and write a feature store.
     Rerun the same command to resume an interrupted run."""
     from ..extract import extract as run_extract
@@ -83,8 +84,9 @@ def extract(model: Models, images: Images, out: Out, layers: Layers = "blocks",
                                            "command to resume"):
         store = run_extract(model, images, layers=layers, out=out, pool=pool, maps=maps,
                             batch_size=batch_size, device=device, dtype=dtype,
-                            pretrained=not no_pretrained, seed=seed, num_workers=workers, amp=amp,
-                            chunk_size=chunk_size, overwrite=overwrite)
+                            pretrained=not no_pretrained, seed=seed, num_workers=workers,
+                            amp=amp, chunk_size=chunk_size, overwrite=overwrite,
+                            backend=backend)
     summary = summarize(store)
     for s in store.skipped:
         console.print(f"[yellow]skipped[/] {s['id']}: {s['reason']}")

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ._app import (BatchSize, Device, Json, Layers, Models, NoPretrained, Out, Verbose, Workers,
-                   app, call, console, emit_json, fail)
+                   app, call, console, emit_json, fail, with_backend)
 
 __all__ = ["probe"]
 
@@ -44,6 +44,7 @@ def _leaderboard_table(result) -> Table:
 
 
 @app.command()
+@with_backend
 def probe(model: Models,
           train: Annotated[str, typer.Option("--train", help=f"training images: {_SOURCES_HELP}")],
           test: Annotated[str, typer.Option("--test", help=f"test images: {_SOURCES_HELP}")],
@@ -69,7 +70,7 @@ def probe(model: Models,
           = "float16",
           no_pretrained: NoPretrained = False,
           overwrite: Annotated[bool, typer.Option(help="extract the features again")] = False,
-          as_json: Json = False, verbose: Verbose = False):
+          backend=None, as_json: Json = False, verbose: Verbose = False):
     """How good are each model's frozen features on my labelled images, at every layer?
     k-NN (DINO), linear heads (DINOv2 grid, picked on a validation split of train), zero-shot
     (image-text models) and LogME. Features are extracted once into OUT/features and reused."""
@@ -83,7 +84,8 @@ def probe(model: Models,
                            seed=seed, templates=templates, n_last_blocks=n_last_blocks,
                            linear_options={"epochs": epochs} if epochs else None,
                            pretrained=not no_pretrained, batch_size=batch_size, device=device,
-                           num_workers=workers, dtype=dtype, overwrite=overwrite)
+                           num_workers=workers, dtype=dtype, overwrite=overwrite,
+                           backend=backend)
     console.print(_leaderboard_table(result))
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}")

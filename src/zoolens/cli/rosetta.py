@@ -8,10 +8,11 @@ import typer
 from rich.table import Table
 
 from ._app import (BatchSize, Device, Json, Layers, Models, NoPretrained, Out, Store, Verbose,
-                   Workers, app, call, console, emit_json, parse_bytes)
+                   Workers, app, call, console, emit_json, parse_bytes, with_backend)
 
 
 @app.command()
+@with_backend
 def rosetta(model: Models, out: Out,
             images: Annotated[Optional[str], typer.Option(
                 "--images", "-i", help="folder, CSV, or synthetic:scenes?n=64")] = None,
@@ -38,8 +39,8 @@ def rosetta(model: Models, out: Out,
             max_memory: Annotated[str, typer.Option(
                 help="budget for correlation tables, e.g. 4GiB")] = "4GiB",
             batch_size: BatchSize = 32, device: Device = None, workers: Workers = None,
-            store: Store = None, no_pretrained: NoPretrained = False, as_json: Json = False,
-            verbose: Verbose = False):
+            store: Store = None, no_pretrained: NoPretrained = False, backend=None,
+            as_json: Json = False, verbose: Verbose = False):
     """Rosetta neurons: units of different models that encode the same concept, by Pearson
     correlation over images and positions, mutual best buddies, and clustering."""
     from ..analyses.rosetta import rosetta as mine
@@ -50,7 +51,8 @@ def rosetta(model: Models, out: Out,
                       resolution=resolution, anchor=anchor, mode="relaxed" if relaxed else "strict",
                       k=k, pairwise=pairwise, min_correlation=min_correlation, concepts=concepts,
                       max_memory=budget, batch_size=batch_size, device=device, store=store,
-                      pretrained=not no_pretrained, num_workers=workers, out=out)
+                      pretrained=not no_pretrained, num_workers=workers, out=out,
+                      backend=backend)
     table = Table(title=f"Rosetta sets ({len(result.sets)}) over {result.images} images at "
                         f"{result.resolution[0]}x{result.resolution[1]}")
     table.add_column("r", justify="right")

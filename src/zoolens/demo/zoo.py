@@ -254,6 +254,7 @@ def classifier(pretrained: bool = True) -> dict:
     if pretrained:
         load_weights(net, "classifier")
     return {"module": net, "preprocess": _preprocess(), "block_names": [f"blocks.{i}" for i in range(4)],
+            "classifier": True,  # its forward output is the shape logits (`head`)
             "meta": _meta("classifier", pretrained) | {"classes": list(SHAPE_CLASSES)}}
 
 

@@ -28,6 +28,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from ... import plan
+from ...backends import Backend, resolve_backend
 from ...attention import find_attention
 from ...errors import InputError, UnknownLayerError
 from ...report.figures import file_stem, save_png
@@ -39,7 +40,7 @@ from ...zoo.registry import as_models
 from ...zoo.window import Window, to_image
 from .cuts import mask_bbox, maskcut
 
-__all__ = ["discover", "DiscoverySink", "PatchLayer", "ImageObjects", "patch_layer",
+__all__ = ["discover", "DiscoverySink", "MaskFiles", "PatchLayer", "ImageObjects", "patch_layer",
            "default_layer", "keys_fallback_note", "FEATURES"]
 
 log = logging.getLogger("zoolens")
@@ -128,15 +129,12 @@ def keys_fallback_note(model, pl: PatchLayer, features: str) -> str | None:
 
 
 class DiscoverySink(Sink):
-    """Cuts each image of a batch as it passes; with `out`, writes its masks and overlay."""
+    """Cuts each image of a batch as it passes (wherever the backend runs it)."""
 
-    def __init__(self, model: Model, pl: PatchLayer, info: TapInfo, settings: dict,
-                 out: Path | None = None):
-        self.model, self.pl, self.info, self.settings, self.out = model, pl, info, settings, out
-        self.need = Need({model.name: {pl.layer: {"none"}}}, images=out is not None,
-                         windows=True)
+    def __init__(self, model: Model, pl: PatchLayer, info: TapInfo, settings: dict):
+        self.model, self.pl, self.info, self.settings = model, pl, info, settings
+        self.need = Need({model.name: {pl.layer: {"none"}}}, windows=True)
         self.add_state("found", [], merge="cat")  # ImageObjects, in the order images came
-        self.add_state("entries", [], merge="cat")  # files written per image (with out)
 
     def update(self, batch: Batch) -> None:
         for s in batch.skipped:
@@ -154,14 +152,40 @@ class DiscoverySink(Sink):
         feats = grid.reshape(b, d, -1).transpose(1, 2).float().cpu().numpy()  # (B, P, D)
         windows = batch.windows[self.model.name]
         for k, (index, id_) in enumerate(zip(batch.indices, batch.ids)):
-            res = _cut_one(index, id_, feats[k], batch.sizes[k], windows[k], self.settings)
-            self.found.append(res)
-            if self.out is not None:
-                self.entries.append(_write_objects(res, batch.images[k], self.out,
-                                                   file_stem(id_, index)))
+            self.found.append(_cut_one(index, id_, feats[k], batch.sizes[k], windows[k],
+                                       self.settings))
 
     def result(self) -> list["ImageObjects"]:
         return list(self.found)
+
+
+class MaskFiles(Sink):
+    """Writes each image's mask PNGs and overlay into `out` once `cuts` has cut it.
+
+    It stays where the run started (`on_driver`: the files are on this machine), while the cuts
+    may run in a backend's workers: a backend hands a batch to this sink only after every other
+    sink has taken it in (locally, sinks are updated in order; on Ray, a unit's states are
+    merged first), so the cuts of the batch's images are in `cuts.found` by then."""
+
+    on_driver = True
+
+    def __init__(self, cuts: DiscoverySink, out: Path):
+        self.cuts, self.out = cuts, Path(out)
+        self.need = Need(images=True)
+        self.add_state("entries", [], merge="cat")  # files written per image
+        self._seen = 0  # cuts.found[:_seen] are in _waiting or written
+        self._waiting: dict[int, ImageObjects] = {}
+
+    def update(self, batch: Batch) -> None:
+        found = self.cuts.found
+        self._waiting.update((r.index, r) for r in found[self._seen:] if r.skipped is None)
+        self._seen = len(found)
+        for k, (index, id_) in enumerate(zip(batch.indices, batch.ids)):
+            self.entries.append(_write_objects(self._waiting.pop(index), batch.images[k],
+                                               self.out, file_stem(id_, index)))
+
+    def result(self) -> list[dict]:
+        return list(self.entries)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -286,7 +310,8 @@ def discover(model, images, *, layer: str | None = None, features: str = "keys",
              objects: int = 3, tau: float = 0.2, eps: float = 1e-5, batch_size: int = 16,
              indices: Sequence[int] | None = None, device=None, num_workers: int | None = None,
              pretrained: bool = True, seed: int = 0, progress: bool = True,
-             out: str | Path | None = None) -> list["ImageObjects"]:
+             out: str | Path | None = None,
+             backend: str | Backend | None = None) -> list["ImageObjects"]:
     """Unsupervised object discovery (TokenCut / MaskCut) with a model, one result per image.
 
     model: a zoolens Model or a spec string. images: anything `open_source` takes (folder, CSV,
@@ -301,9 +326,12 @@ def discover(model, images, *, layer: str | None = None, features: str = "keys",
     `.masks` (K, H, W) bool are at the decoded image's size, placed where the model's
     preprocessing took its input from. With `out`, writes one PNG per mask (`masks/`), one
     overlay per image (`overlays/`) and `out/discover.json`, which is written even when the run
-    is interrupted and lists what was done.
+    is interrupted and lists what was done. backend: where the model and the cuts run ("local",
+    "ray" or a `zoolens.RayBackend`); the files are written here either way.
     """
-    model = as_models(model, pretrained=pretrained, device=device, seed=seed)[0]
+    runner = resolve_backend(backend, num_workers=num_workers)
+    model = as_models(model, pretrained=pretrained, device=runner.load_device(device),
+                      seed=seed)[0]
     source = open_source(images)
     if int(objects) < 1:
         raise InputError(f"--objects {objects}: find at least 1 object per image")
@@ -320,7 +348,8 @@ def discover(model, images, *, layer: str | None = None, features: str = "keys",
                 "model": model.name, "layer": pl.layer, "feature": pl.feature, "tau": float(tau),
                 "eps": float(eps), "objects": int(objects)}
     out = Path(out) if out is not None else None
-    sink = DiscoverySink(model, pl, info, settings, out)
+    sink = DiscoverySink(model, pl, info, settings)
+    files = [MaskFiles(sink, out)] if out is not None else []
     summary = {"analysis": "discover", "model": model.name, "spec": model.spec,
                "models": {model.name: model.record()},
                "layer": pl.layer, "feature": pl.feature,
@@ -332,12 +361,12 @@ def discover(model, images, *, layer: str | None = None, features: str = "keys",
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     try:
-        plan.run([model], source, [sink], indices=indices, batch_size=batch_size,
-                 num_workers=num_workers, device=device, progress=progress, desc="discovering")
+        plan.run([model], source, [sink, *files], indices=indices, batch_size=batch_size,
+                 device=device, progress=progress, desc="discovering", backend=runner)
         summary["complete"] = True
     finally:  # an interrupted run keeps what it wrote, listed
         if out is not None:
-            summary["images"] = sink.entries
+            summary["images"] = files[0].entries
             summary["skipped"] += [{"index": r.index, "id": r.id, "reason": r.skipped}
                                    for r in sorted(sink.found, key=lambda r: r.index)
                                    if r.skipped]

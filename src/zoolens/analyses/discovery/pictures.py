@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ... import plan
+from ...backends import Backend, resolve_backend
 from ...attention import (attention_taps, check_attention, cls_attention, find_attention,
                           queries_and_keys)
 from ...errors import InputError
@@ -172,8 +173,8 @@ class AttentionSink(_PictureSink):
 def visualize(model, images, *, kind: str = "pca", layer: str | None = None,
               features: str = "tokens", threshold: float | None = None, batch_size: int = 16,
               device=None, num_workers: int | None = None, pretrained: bool = True,
-              seed: int = 0, progress: bool = True,
-              out: str | Path | None = None) -> Visualization:
+              seed: int = 0, progress: bool = True, out: str | Path | None = None,
+              backend: str | Backend | None = None) -> Visualization:
     """PCA colours or CLS attention maps of a model's patches, per image, as arrays.
 
     model: a zoolens Model or a spec string; images: anything `open_source` takes.
@@ -183,12 +184,15 @@ def visualize(model, images, *, kind: str = "pca", layer: str | None = None,
     image, so colours compare across images. Memory: all N * P * D features (float32).
     kind "attention": the class token's attention per head in the attention module inside `layer`
     (default: the last block), one batch at a time.
-    With `out`: one PNG per image, `visualize.json` and `visualize.npz`.
+    With `out`: one PNG per image, `visualize.json` and `visualize.npz`. backend: where the
+    model runs ("local", "ray" or a `zoolens.RayBackend`).
     Returns a `Visualization`; `.at_image(i)` gives image i's picture at its decoded size.
     """
     if kind not in KINDS:
         raise InputError(f"--kind {kind!r}: use one of {', '.join(KINDS)}")
-    model = as_models(model, pretrained=pretrained, device=device, seed=seed)[0]
+    runner = resolve_backend(backend, num_workers=num_workers)
+    model = as_models(model, pretrained=pretrained, device=runner.load_device(device),
+                      seed=seed)[0]
     source = open_source(images)
     keep = out is not None and source.drawn_by is not None  # drawn images cannot be decoded again
     notes: list[str] = []
@@ -214,8 +218,8 @@ def visualize(model, images, *, kind: str = "pca", layer: str | None = None,
                              f"{attn.name!r}; CLS attention maps need one")
         name, feature, heads = attn.name, "cls_attention", attn.heads
         sink = AttentionSink(model, attn, info.prefix_tokens, tuple(info.grid), keep)
-    plan.run([model], source, [sink], batch_size=batch_size, num_workers=num_workers,
-             device=device, progress=progress, desc=f"visualize {kind}")
+    plan.run([model], source, [sink], batch_size=batch_size, device=device, progress=progress,
+             desc=f"visualize {kind}", backend=runner)
     if not sink.parts:
         raise InputError(f"images: none of the {len(source)} images could be used "
                          f"({sink.skipped[0]['reason'] if sink.skipped else 'empty'})")

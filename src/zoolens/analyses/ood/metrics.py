@@ -37,7 +37,7 @@ import numpy as np
 from ..._validation import as_features
 from ...errors import InputError
 
-__all__ = ["OODMetrics", "metrics"]
+__all__ = ["OODMetrics", "metrics", "roc_curve"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,16 @@ def _aupr(pos: np.ndarray, neg: np.ndarray) -> float:
     return _trapezoid(recall, precision)
 
 
+def roc_curve(conf_id, conf_ood) -> tuple[np.ndarray, np.ndarray]:
+    """The ROC curve `metrics` integrates, OOD positive: (fpr, tpr), each (n_thresholds + 1,),
+    from (0, 0); fpr = share of ID flagged, tpr = share of OOD flagged, a sample being flagged
+    when ``-conf >= t``, for every distinct t from the most OOD-looking score down."""
+    s_id = _scores(conf_id, "conf_id")
+    s_ood = _scores(conf_ood, "conf_ood")
+    tps, fps = _counts_at_thresholds(-s_ood, -s_id)
+    return np.r_[0.0, fps / len(s_id)], np.r_[0.0, tps / len(s_ood)]
+
+
 def metrics(conf_id, conf_ood, *, recall: float = 0.95) -> OODMetrics:
     """OpenOOD's AUROC, AUPR-In, AUPR-Out and FPR@95 of ID vs OOD confidences.
 
@@ -116,10 +126,8 @@ def metrics(conf_id, conf_ood, *, recall: float = 0.95) -> OODMetrics:
     if not (0.0 < r <= 1.0 and math.isfinite(r)):
         raise InputError(f"recall: expected a number in (0, 1], got {recall!r}")
 
-    # ROC with OOD positive, ranked by -conf; the curve starts at (0, 0) as roc_curve's does.
-    tps, fps = _counts_at_thresholds(-s_ood, -s_id)
-    tpr = np.r_[0.0, tps / len(s_ood)]
-    fpr = np.r_[0.0, fps / len(s_id)]
+    # ROC with OOD positive, ranked by -conf; the curve starts at (0, 0) as sklearn's does.
+    fpr, tpr = roc_curve(s_id, s_ood)
     # The first threshold catching >= recall of OOD; tpr ends at 1, so one always exists.
     fpr_at = float(fpr[np.argmax(tpr >= r)])
     return OODMetrics(auroc=_trapezoid(fpr, tpr), aupr_in=_aupr(s_id, s_ood),

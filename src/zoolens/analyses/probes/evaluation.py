@@ -53,6 +53,7 @@ from typing import Sequence
 import numpy as np
 
 from ... import plan
+from ...backends import Backend, resolve_backend
 from ...errors import InputError
 from ...sources import ImageSource, open_source
 from ...store import Store, slug
@@ -148,22 +149,6 @@ def _value(row: dict) -> float | None:
 # feature stores
 
 
-def _features(model: Model, source: ImageSource, pools: dict[str, list[str]], path: Path, *,
-              dtype: str, batch_size: int, device, num_workers, overwrite: bool,
-              progress: bool) -> Store:
-    """The store at `path` holding `pools` (layer -> poolings) of `model` on `source` (see
-    `plan.extract`: read as it is when it holds them, else extracted or resumed)."""
-    try:
-        return plan.extract([model], source, {model.name: pools}, path, batch_size=batch_size,
-                            dtype=dtype, overwrite=overwrite, num_workers=num_workers,
-                            device=device, progress=progress)
-    except InputError as exc:
-        if "holds another extraction" not in str(exc):
-            raise
-        raise InputError(f"{exc} (probe: pass overwrite=True / --overwrite to extract the "
-                         "features again)") from None
-
-
 class _Split:
     """The features of one model on one split, read back from its store (valid rows only)."""
 
@@ -200,7 +185,7 @@ def probe(models, train, test, *, layers="blocks", methods: Sequence[str] = ("kn
           n_last_blocks: int = 4, linear_options: dict | None = None, pretrained: bool = True,
           batch_size: int = 32, device=None, num_workers: int | None = None,
           dtype: str = "float16", overwrite: bool = False, plot: bool = True,
-          progress: bool = True) -> ProbeResult:
+          progress: bool = True, backend: str | Backend | None = None) -> ProbeResult:
     """Probe the frozen features of `models` at every tapped layer on a labelled task.
 
     Args:
@@ -231,6 +216,9 @@ def probe(models, train, test, *, layers="blocks", methods: Sequence[str] = ("kn
         overwrite: extract again even where a store with other settings exists.
         plot: write ``probe_curves.png``.
         progress: show progress bars.
+        backend: where the models run for the extraction: "local", "ray" or a
+            `zoolens.RayBackend` (`num_workers` then counts model workers). The stores are
+            written here and the heads trained here (on this machine's GPU when it has one).
 
     Returns:
         A `ProbeResult`, also written to ``out/probe.json``.
@@ -243,20 +231,14 @@ def probe(models, train, test, *, layers="blocks", methods: Sequence[str] = ("kn
     ks = [int(k)] if isinstance(k, (int, np.integer)) else [int(v) for v in k]
     if not ks or any(v < 1 for v in ks):
         raise InputError(f"k: expected positive integers, got {k!r}")
-    if templates is None:
-        templates = list(DEFAULT_TEMPLATES)
-    elif isinstance(templates, (str, Path)) and "{}" not in str(templates):
-        templates = read_templates(templates)
-    elif isinstance(templates, str):
-        templates = [templates]
-    else:
-        templates = [str(t) for t in templates]
-    if "zeroshot" in methods and (not templates or any("{}" not in t for t in templates)):
-        raise InputError(f"templates {templates[:3]!r}: each needs '{{}}' where the class name "
-                         "goes, e.g. 'a photo of a {}.'")
+    templates = _templates(templates, check="zeroshot" in methods)
     out = Path(out)
 
-    models = as_models(models, pretrained=pretrained, device=device, seed=seed)
+    runner = resolve_backend(backend, num_workers=num_workers)
+    models = as_models(models, pretrained=pretrained, device=runner.load_device(device),
+                       seed=seed)
+    # k-NN and the heads run here: on a cluster `device` names the workers' device
+    head_device = device if runner.name == "local" else None
     slugs = [slug(m.name) for m in models]
     if len(set(slugs)) != len(slugs):
         raise InputError(f"models {[m.name for m in models]}: two share a name (or a folder "
@@ -273,16 +255,13 @@ def probe(models, train, test, *, layers="blocks", methods: Sequence[str] = ("kn
         # nothing.
         embed = OUTPUT if is_image_text(model) else None
         pools = _layer_pools(model, names, embed, pool)
-        splits = {}
-        for split, source in sources.items():
-            path = out / "features" / slug(model.name) / split
-            log.info("%s: %s features -> %s", model.name, split, path)
-            store = _features(model, source, pools, path, dtype=dtype, batch_size=batch_size,
-                              device=device, num_workers=num_workers, overwrite=overwrite,
-                              progress=progress)
-            splits[split] = _Split(model.name, store)
-            stored = sorted({p for ps in pools.values() for p in ps})
-            stores_info.setdefault(model.name, {})[split] = {p: str(path) for p in stored}
+        stores = plan.extract_splits(model, sources, pools, out / "features" / slug(model.name),
+                                     dtype=dtype, batch_size=batch_size, device=device,
+                                     backend=runner, overwrite=overwrite, progress=progress)
+        splits = {split: _Split(model.name, st) for split, st in stores.items()}
+        stored = sorted({p for ps in pools.values() for p in ps})
+        stores_info[model.name] = {split: {p: str(st.path) for p in stored}
+                                   for split, st in stores.items()}
         for split in ("train", "test"):
             known = {s["id"] for s in result.skipped[split]}
             result.skipped[split] += [s for s in splits[split].skipped if s["id"] not in known]
@@ -290,7 +269,7 @@ def probe(models, train, test, *, layers="blocks", methods: Sequence[str] = ("kn
                                        methods=methods, ks=ks, temperature=temperature,
                                        val_fraction=val_fraction, seed=seed,
                                        templates=templates, n_last_blocks=n_last_blocks,
-                                       linear_options=linear_options or {}, device=device,
+                                       linear_options=linear_options or {}, device=head_device,
                                        notes=result.notes)
     if not result.results:  # e.g. zero-shot alone on models without a text tower
         raise InputError("probe: nothing could be evaluated: " + "; ".join(result.notes))
@@ -314,6 +293,23 @@ def probe(models, train, test, *, layers="blocks", methods: Sequence[str] = ("kn
     if plot:
         plot_curves(result, out / "probe_curves.png")
     return result
+
+
+def _templates(templates, *, check: bool) -> list[str]:
+    """Zero-shot prompt templates: the defaults, a file of them (one per line), one, or a list;
+    with `check`, each must hold '{}' where the class name goes."""
+    if templates is None:
+        templates = list(DEFAULT_TEMPLATES)
+    elif isinstance(templates, (str, Path)) and "{}" not in str(templates):
+        templates = read_templates(templates)
+    elif isinstance(templates, str):
+        templates = [templates]
+    else:
+        templates = [str(t) for t in templates]
+    if check and (not templates or any("{}" not in t for t in templates)):
+        raise InputError(f"templates {templates[:3]!r}: each needs '{{}}' where the class name "
+                         "goes, e.g. 'a photo of a {}.'")
+    return templates
 
 
 def _check_methods(methods) -> list[str]:

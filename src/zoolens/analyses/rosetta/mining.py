@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from ... import plan
+from ...backends import Backend, resolve_backend
 from ...errors import InputError
 from ...resize import concat_resized
 from ...sinks import Batch, Need, Sink
@@ -164,7 +165,8 @@ def rosetta(models, images=None, *, generator=None, n_generated: int = 64, seed:
             min_correlation: float | None = None, concepts: int = 8, profile_images: int = 16,
             max_memory: float = DEFAULT_MAX_MEMORY, batch_size: int = 32, device=None,
             pretrained: bool = True, num_workers: int | None = None, progress: bool = True,
-            store=None, out: str | Path | None = None) -> RosettaResult:
+            store=None, out: str | Path | None = None,
+            backend: str | Backend | None = None) -> RosettaResult:
     """Mine Rosetta neurons: units of different models that respond to the same thing.
 
     models: specs or Models (discriminative ones); images: anything `open_source` takes, or
@@ -173,12 +175,14 @@ def rosetta(models, images=None, *, generator=None, n_generated: int = 64, seed:
     (`pretrained=False`). layers: a selector or a dict per
     model. resolution: the common grid (default: `default_resolution`). mode: "strict" or
     "relaxed" best buddies (k for relaxed). store: a feature store holding the layers' full
-    maps (`zoolens extract --pool none`), read instead of running the models. With `out`,
-    writes `out/rosetta.json`, one figure per concept in `out/concepts/`, and resumable
-    checkpoints in `out/state/`."""
+    maps (`zoolens extract --pool none`), read instead of running the models. backend: where
+    the models run ("local", "ray", or a `zoolens.RayBackend`; the correlation sums of the
+    workers are merged here and equal a local run's). With `out`, writes `out/rosetta.json`,
+    one figure per concept in `out/concepts/`, and resumable checkpoints in `out/state/`."""
     _check_settings(mode, k, resolution, concepts, max_memory, min_correlation)
+    runner = resolve_backend(backend, num_workers=num_workers)
     models, source = _zoo_and_source(models, images, generator, n_generated, seed, pretrained,
-                                     device)
+                                     runner.load_device(device))
     names = [m.name for m in models]
     anchor = anchor or names[0]
     if anchor not in names:
@@ -205,7 +209,7 @@ def rosetta(models, images=None, *, generator=None, n_generated: int = 64, seed:
     key = hashlib.sha1(json.dumps({**settings, "n": len(source), "ids": source.fingerprint(),
                                    "models": [m.record() for m in models]},
                                   sort_keys=True, default=str).encode()).hexdigest()
-    run = dict(batch_size=batch_size, device=device, num_workers=num_workers, progress=progress)
+    run = dict(batch_size=batch_size, device=device, progress=progress, backend=runner)
     first, tables, topk, stats = _mine(models, source, chosen, resolution, passes, units, k,
                                        store=store, out=out, key=key, run=run)
     result = _buddies_and_sets(first, tables, topk, names, indexes, units, pairs, source,

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ... import plan
+from ...backends import Backend, resolve_backend
 from ...errors import InputError
 from ...sinks import Batch, Need, Sink
 from ...sources import open_source
@@ -171,7 +172,12 @@ class FlatCKASink(Sink):
 
     Rows are gathered until a minibatch is full; a batch thinned by bad files just waits for the
     next one. When fewer than 4 images are still to come, the current minibatch is held back and
-    those last images join it, so a short tail is not lost."""
+    those last images join it, so a short tail is not lost.
+
+    Which images form a minibatch depends on the whole stream (a skip shifts the rest), so a
+    split run keeps this sink where it started (`on_driver`) and sends it the flattened maps."""
+
+    on_driver = True
 
     def __init__(self, sides: _Sides, size: int, total: int, device=None):
         self.sides, self.need, self.size = sides, sides.need, size
@@ -302,7 +308,7 @@ def compare(model_a, model_b=None, images=None, *, layers_a="blocks", layers_b=N
             metric: str = "cka", k: int = 10, features: str = "pooled", batch_size: int = 32,
             seed: int | None = 0, device=None, num_workers: int | None = None,
             progress: bool = True, pretrained: bool = True, store=None,
-            out: str | Path | None = None) -> CompareResult:
+            out: str | Path | None = None, backend: str | Backend | None = None) -> CompareResult:
     """Layer x layer similarity between two models on the same images.
 
     Args:
@@ -325,33 +331,20 @@ def compare(model_a, model_b=None, images=None, *, layers_a="blocks", layers_b=N
         store: a feature store (`zoolens extract`) read instead of running the models when it
             holds these layers, mean-pooled (flat: as full maps), for these images.
         out: a folder for `compare.json` and the heatmap `compare.png`.
+        backend: where the models run: "local", "ray" or a `zoolens.RayBackend` (the workers'
+            sums are merged here; `num_workers` then counts model workers).
 
     Returns:
         CompareResult with the (La, Lb) matrix in ``matrix``.
     """
-    if metric not in METRICS:
-        raise InputError(f"metric {metric!r}: use one of {', '.join(METRICS)}")
-    if features not in FEATURES:
-        raise InputError(f"features {features!r}: use one of {', '.join(FEATURES)}")
-    if metric == "mknn" and features != "pooled":
-        raise InputError("features='flat' applies to metric='cka' only; mutual k-NN uses pooled "
-                         "features")
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        raise InputError(f"batch_size: must be a positive integer, got {batch_size!r}")
-    if features == "flat" and batch_size < _MIN_MINIBATCH:
-        raise InputError(f"batch_size {batch_size}: the minibatch unbiased CKA needs minibatches "
-                         f"of at least {_MIN_MINIBATCH} images")
-    if metric == "mknn":
-        _check_k(k)  # type and sign now, before loading; against the image count below
-    if images is None:
-        raise InputError("images: name the images to compare the models on (a folder, a CSV, "
-                         "synthetic:scenes?n=64)")
-
+    _check_arguments(metric, features, batch_size, k, images)
     source = open_source(images)
     n_total = len(source)
     if metric == "mknn":
         _check_k(k, n_total)
-    a, b = _models(model_a, model_b, pretrained, device, seed or 0)
+    runner = resolve_backend(backend, num_workers=num_workers)
+    here = runner.load_device(device)  # where the models load and the sums live
+    a, b = _models(model_a, model_b, pretrained, here, seed or 0)
     same = a is b
     names_a = a.select(layers_a)
     names_b = b.select(layers_a if layers_b is None else layers_b)
@@ -361,7 +354,7 @@ def compare(model_a, model_b=None, images=None, *, layers_a="blocks", layers_b=N
     # Raises, naming the layer, for token layers without a patch grid to flatten.
     dims_a = [math.prod(pooled_shape(info_a[n], how)) for n in names_a]
     dims_b = [math.prod(pooled_shape(info_b[n], how)) for n in names_b]
-    acc_device = _acc_device(resolve_device(device) if device is not None else a.device)
+    acc_device = _acc_device(resolve_device(here) if here is not None else a.device)
     sides = _Sides(a.name, names_a, b.name, names_b, how)
 
     settings = {"features": features, "pooling": "mean" if how == "mean" else "none (flattened)",
@@ -369,22 +362,12 @@ def compare(model_a, model_b=None, images=None, *, layers_a="blocks", layers_b=N
                 "source": source.description, "pretrained": bool(pretrained), "same_model": same,
                 "specs": {a.name: a.spec, b.name: b.spec},
                 "weights": {a.name: a.record(), b.name: b.record()}}
-    order = None
-    if metric == "cka" and features == "pooled":
-        settings["estimator"] = "linear_cka"
-        sink: Sink = PooledCKASink(sides, dims_a, dims_b, acc_device)
-    elif metric == "cka":
-        settings.update(estimator="minibatch_unbiased_cka", seed=seed)
-        if seed is not None:
-            order = np.random.default_rng(seed).permutation(n_total).tolist()
-        sink = FlatCKASink(sides, int(batch_size), n_total, acc_device)
-    else:
-        settings["estimator"] = "mutual_knn"
-        sink = KNNSink(sides, int(k), acc_device)
-
+    sink, order = _estimator(metric, features, sides, dims_a, dims_b, batch_size=int(batch_size),
+                             k=int(k), seed=seed, n_total=n_total, device=acc_device,
+                             settings=settings)
     summary = plan.run([a] if same else [a, b], source, [sink], indices=order, store=store,
-                       batch_size=int(batch_size), num_workers=num_workers, device=device,
-                       progress=progress, desc="comparing")
+                       batch_size=int(batch_size), device=device, progress=progress,
+                       desc="comparing", backend=runner)
     skipped = list(source.skipped_at_listing) + sorted(summary.skipped, key=lambda s: s["index"])
     if sink.images == 0:
         raise InputError(f"images {source.description!r}: none of the {n_total} images could be "
@@ -401,6 +384,42 @@ def compare(model_a, model_b=None, images=None, *, layers_a="blocks", layers_b=N
         (out / "compare.json").write_text(result.to_json(indent=1))
         plot_matrix(result, out / "compare.png")
     return result
+
+
+def _check_arguments(metric: str, features: str, batch_size, k, images) -> None:
+    """Everything checkable before a model loads, each error naming its argument."""
+    if metric not in METRICS:
+        raise InputError(f"metric {metric!r}: use one of {', '.join(METRICS)}")
+    if features not in FEATURES:
+        raise InputError(f"features {features!r}: use one of {', '.join(FEATURES)}")
+    if metric == "mknn" and features != "pooled":
+        raise InputError("features='flat' applies to metric='cka' only; mutual k-NN uses pooled "
+                         "features")
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise InputError(f"batch_size: must be a positive integer, got {batch_size!r}")
+    if features == "flat" and batch_size < _MIN_MINIBATCH:
+        raise InputError(f"batch_size {batch_size}: the minibatch unbiased CKA needs minibatches "
+                         f"of at least {_MIN_MINIBATCH} images")
+    if metric == "mknn":
+        _check_k(k)  # type and sign now, before loading; against the image count later
+    if images is None:
+        raise InputError("images: name the images to compare the models on (a folder, a CSV, "
+                         "synthetic:scenes?n=64)")
+
+
+def _estimator(metric: str, features: str, sides: _Sides, dims_a, dims_b, *, batch_size: int,
+               k: int, seed, n_total: int, device, settings: dict) -> tuple[Sink, list | None]:
+    """The sink of the chosen estimator and the order to visit the images in (None: the
+    source's); records the estimator in `settings`."""
+    if metric == "mknn":
+        settings["estimator"] = "mutual_knn"
+        return KNNSink(sides, k, device), None
+    if features == "pooled":
+        settings["estimator"] = "linear_cka"
+        return PooledCKASink(sides, dims_a, dims_b, device), None
+    settings.update(estimator="minibatch_unbiased_cka", seed=seed)
+    order = None if seed is None else np.random.default_rng(seed).permutation(n_total).tolist()
+    return FlatCKASink(sides, batch_size, n_total, device), order
 
 
 # ----------------------------------------------------------------------------------------------

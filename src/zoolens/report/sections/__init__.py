@@ -6,7 +6,7 @@ below. Its order is the page's order (the demo's run record opens the page).
 
 from __future__ import annotations
 
-from . import (compare, curate, datasets, demo, discover, extract, layerstats, probe,
+from . import (compare, curate, datasets, demo, discover, extract, layerstats, ood, probe,
                rosetta, visualize)
 from .base import Facts, Section
 
@@ -18,6 +18,7 @@ SECTIONS: dict[str, Section] = {s.kind: s for s in (
     rosetta.SECTION,
     compare.SECTION,
     probe.SECTION,
+    ood.SECTION,
     discover.SECTION,
     visualize.SECTION,
     layerstats.SECTION,

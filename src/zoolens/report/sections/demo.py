@@ -1,5 +1,6 @@
 """`zoolens demo`'s run record (demo.json): the zoo, seeds and timings. It opens the run
-settings; its concept and discovery scores are shown in the rosetta and discover sections."""
+settings; its concept, discovery and OOD scores are shown in the rosetta, discover and ood
+sections."""
 
 from __future__ import annotations
 
@@ -26,4 +27,4 @@ def _render(d: dict, page: Page, r: Result) -> str:
 SECTION = Section(
     kind="demo", title="Demo run", facts=_facts, render=_render, record=True,
     known_keys=frozenset({"zoo", "images", "seeds", "seconds", "torch_threads",
-                          "concept_scores", "discovery"}))
+                          "concept_scores", "discovery", "ood"}))
