@@ -418,4 +418,6 @@ def test_bad_flags_of_retrieve_and_datasets(world, tmp_path):
     _one_error_line(runner.invoke(app, [*compare, "--names", "x,x"]), "--names")
     _one_error_line(runner.invoke(app, ["curate", "dedup", *base, "-i", str(world["photos"]),
                                         "--subset", str(tmp_path / "none.csv")]), "--subset")
+    _one_error_line(runner.invoke(app, ["curate", "dedup", *base, "-i", str(world["photos"]),
+                                        "--address", "auto"]), "--address", "--backend ray")
     assert not out.exists()

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from ._app import (IMAGES_HELP, SPECS_HELP, BatchSize, Device, Images, Json, NoPretrained, Out,
-                   Seed, Store, Verbose, Workers, app, call, console, emit_json)
+                   Seed, Store, Verbose, Workers, app, call, console, emit_json, with_backend)
 
 __all__ = ["curate_app", "datasets_app"]
 
@@ -54,6 +54,7 @@ def _report(result, folder: Path, as_json: bool) -> None:
 
 
 @curate_app.command("dedup")
+@with_backend
 def dedup(model: Model, images: Images, out: Out,
           threshold: Annotated[float, typer.Option(
               help="cosine similarity above which two images are duplicates (depends on the "
@@ -75,8 +76,8 @@ def dedup(model: Model, images: Images, out: Out,
               help="a feature store of the --reference images")] = None,
           batch_size: BatchSize = 32, device: Device = None, workers: Workers = None,
           no_pretrained: NoPretrained = False, seed: Seed = 0, dtype: Dtype = "float32",
-          overwrite: Overwrite = False, no_sheet: NoSheet = False, as_json: Json = False,
-          verbose: Verbose = False):
+          overwrite: Overwrite = False, no_sheet: NoSheet = False, backend=None,
+          as_json: Json = False, verbose: Verbose = False):
     """Near-duplicate groups, exactly (every pair above --threshold), one image kept per group;
     writes OUT/dedup/: curate.json, keep.csv, removed.csv, groups.csv, dedup.png."""
     from ..analyses.curate import dedup as run
@@ -86,12 +87,13 @@ def dedup(model: Model, images: Images, out: Out,
                      reference_threshold=reference_threshold, max_neighbors=max_neighbors,
                      layer=layer, pool=pool, subset=subset, out=out, store=store,
                      reference_store=reference_store, sheet=not no_sheet,
-                     **_extraction(batch_size, device, workers, no_pretrained, seed, dtype,
-                                   overwrite))
+                     backend=backend, **_extraction(batch_size, device, workers, no_pretrained,
+                                                    seed, dtype, overwrite))
     _report(result, out / "dedup", as_json)
 
 
 @curate_app.command("sample")
+@with_backend
 def sample(model: Model, images: Images, out: Out,
            budget: Annotated[int, typer.Option(help="how many images to draw")],
            levels: Annotated[Optional[str], typer.Option(
@@ -112,7 +114,7 @@ def sample(model: Model, images: Images, out: Out,
                help="seed of the clustering, the draws and random weights: the same seed, "
                     "the same sample")] = 0,
            dtype: Dtype = "float32", overwrite: Overwrite = False, no_sheet: NoSheet = False,
-           as_json: Json = False, verbose: Verbose = False):
+           backend=None, as_json: Json = False, verbose: Verbose = False):
     """A sample of --budget images balanced over the data's concepts (hierarchical k-means,
     water-filling); writes OUT/sample/: curate.json, keep.csv, clusters.csv, sample.png."""
     from ..analyses.curate import sample as run
@@ -122,12 +124,13 @@ def sample(model: Model, images: Images, out: Out,
                      resampling_steps=resampling_steps, sample_size=sample_size,
                      spherical=not euclidean, layer=layer, pool=pool, subset=subset, out=out,
                      store=store, sheet=not no_sheet,
-                     **_extraction(batch_size, device, workers, no_pretrained, seed, dtype,
-                                   overwrite))
+                     backend=backend, **_extraction(batch_size, device, workers, no_pretrained,
+                                                    seed, dtype, overwrite))
     _report(result, out / "sample", as_json)
 
 
 @curate_app.command("retrieve")
+@with_backend
 def retrieve(model: Model,
              queries: Annotated[str, typer.Option(help=f"query images: {IMAGES_HELP}")],
              pool_images: Annotated[str, typer.Option(
@@ -149,8 +152,8 @@ def retrieve(model: Model,
                  help="a feature store of the pool images")] = None,
              batch_size: BatchSize = 32, device: Device = None, workers: Workers = None,
              no_pretrained: NoPretrained = False, seed: Seed = 0, dtype: Dtype = "float32",
-             overwrite: Overwrite = False, no_sheet: NoSheet = False, as_json: Json = False,
-             verbose: Verbose = False):
+             overwrite: Overwrite = False, no_sheet: NoSheet = False, backend=None,
+             as_json: Json = False, verbose: Verbose = False):
     """Pool images close to a set of queries (DINOv2's retrieval); writes OUT/retrieve/:
     curate.json, keep.csv, retrieved.csv, retrieve.png."""
     from ..analyses.curate import retrieve as run
@@ -159,12 +162,13 @@ def retrieve(model: Model,
         result = run(model, queries, pool_images, k=k, mode=mode, n_clusters=clusters,
                      min_queries=min_queries, layer=layer, pool=pool, out=out,
                      queries_store=queries_store, pool_store=pool_store, sheet=not no_sheet,
-                     **_extraction(batch_size, device, workers, no_pretrained, seed, dtype,
-                                   overwrite))
+                     backend=backend, **_extraction(batch_size, device, workers, no_pretrained,
+                                                    seed, dtype, overwrite))
     _report(result, out / "retrieve", as_json)
 
 
 @curate_app.command("prototypes")
+@with_backend
 def prototypes(model: Model, images: Images, out: Out,
                clusters: Annotated[Optional[int], typer.Option(
                    help="k of the k-means (default: sqrt(n))")] = None,
@@ -174,8 +178,8 @@ def prototypes(model: Model, images: Images, out: Out,
                subset: Subset = None, store: Store = None, batch_size: BatchSize = 32,
                device: Device = None, workers: Workers = None,
                no_pretrained: NoPretrained = False, seed: Seed = 0, dtype: Dtype = "float32",
-               overwrite: Overwrite = False, no_sheet: NoSheet = False, as_json: Json = False,
-               verbose: Verbose = False):
+               overwrite: Overwrite = False, no_sheet: NoSheet = False, backend=None,
+               as_json: Json = False, verbose: Verbose = False):
     """What the images hold: k-means prototypes, their sizes and medoids; writes
     OUT/prototypes/: curate.json, keep.csv (the medoids), prototypes.csv, clusters.csv,
     prototypes.png."""
@@ -185,12 +189,13 @@ def prototypes(model: Model, images: Images, out: Out,
         result = run(model, images, n_clusters=clusters, n_examples=examples,
                      spherical=not euclidean, layer=layer, pool=pool, subset=subset, out=out,
                      store=store, sheet=not no_sheet,
-                     **_extraction(batch_size, device, workers, no_pretrained, seed, dtype,
-                                   overwrite))
+                     backend=backend, **_extraction(batch_size, device, workers, no_pretrained,
+                                                    seed, dtype, overwrite))
     _report(result, out / "prototypes", as_json)
 
 
 @datasets_app.command("compare")
+@with_backend
 def compare(model: Model,
             images_a: Annotated[str, typer.Option(
                 "--images-a", help=f"the reference set: {IMAGES_HELP}")],
@@ -218,8 +223,8 @@ def compare(model: Model,
                 help="a feature store of --images-b")] = None,
             batch_size: BatchSize = 32, device: Device = None, workers: Workers = None,
             no_pretrained: NoPretrained = False, seed: Seed = 0, dtype: Dtype = "float32",
-            overwrite: Overwrite = False, no_sheet: NoSheet = False, as_json: Json = False,
-            verbose: Verbose = False):
+            overwrite: Overwrite = False, no_sheet: NoSheet = False, backend=None,
+            as_json: Json = False, verbose: Verbose = False):
     """Fréchet distance, precision / recall / density / coverage and the clusters only one set
     populates; writes OUT/datasets.json, clusters.csv, datasets.png."""
     from ..analyses.curate import datasets as run
@@ -229,6 +234,6 @@ def compare(model: Model,
         result = run(model, images_a, images_b, names=pair, k=k, n_clusters=clusters,
                      metric=metric, min_purity=min_purity, n_examples=examples, layer=layer,
                      pool=pool, out=out, store_a=store_a, store_b=store_b, sheet=not no_sheet,
-                     **_extraction(batch_size, device, workers, no_pretrained, seed, dtype,
-                                   overwrite))
+                     backend=backend, **_extraction(batch_size, device, workers, no_pretrained,
+                                                    seed, dtype, overwrite))
     _report(result, out, as_json)

@@ -41,6 +41,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ...backends import Backend, resolve_backend
 from ...errors import InputError
 from ...neighbors import inverse_norms
 from ...sources import ImageSource, open_source
@@ -271,9 +272,10 @@ def _open(images, flag: str) -> ImageSource:
     return source
 
 
-def _one_model(model, *, pretrained: bool, device, seed: int, layer: str | None
-               ) -> tuple[Model, str]:
-    models = as_models(model, pretrained=pretrained, device=device, seed=seed)
+def _one_model(model, *, pretrained: bool, device, seed: int, layer: str | None,
+               backend: Backend) -> tuple[Model, str]:
+    models = as_models(model, pretrained=pretrained, device=backend.load_device(device),
+                       seed=seed)
     if len(models) != 1:
         raise InputError(f"--model: a curate command embeds the images with one model; got "
                          f"{len(models)} ({', '.join(m.name for m in models)})")
@@ -371,7 +373,7 @@ def dedup(model, images, *, threshold: float = 0.9, keep: str = "centroid", refe
           reference_store: str | Path | None = None, seed: int = 0, pretrained: bool = True,
           batch_size: int = 32, device=None, num_workers: int | None = None,
           dtype: str = "float32", overwrite: bool = False, sheet: bool = True,
-          progress: bool = True) -> CurateResult:
+          progress: bool = True, backend: str | Backend | None = None) -> CurateResult:
     """Find near-duplicate images and keep one per group (DINOv2's deduplication, exact).
 
     Every pair of images whose embeddings have a cosine similarity above `threshold` is linked
@@ -402,6 +404,8 @@ def dedup(model, images, *, threshold: float = 0.9, keep: str = "centroid", refe
         seed: random weights' seed (and the pruning clustering's, which never changes the
             answer).
         pretrained, batch_size, device, num_workers, dtype, overwrite, progress: extraction.
+        backend: where the models run: "local", "ray" or a `zoolens.RayBackend`
+            (`num_workers` then counts its model workers); the stores are written here.
         sheet: draw ``dedup.png``.
 
     Returns:
@@ -422,9 +426,11 @@ def dedup(model, images, *, threshold: float = 0.9, keep: str = "centroid", refe
     max_neighbors = _positive(max_neighbors, "--max-neighbors", allow_none=True)
     src = _open(images, "--images")
     ref_src = _open(reference, "--reference") if reference is not None else None
-    m, layer = _one_model(model, pretrained=pretrained, device=device, seed=seed, layer=layer)
+    runner = resolve_backend(backend, num_workers=num_workers)
+    m, layer = _one_model(model, pretrained=pretrained, device=device, seed=seed, layer=layer,
+                          backend=runner)
     ext = dict(layer=layer, pool=pool, out=out, batch_size=batch_size, device=device,
-               num_workers=num_workers, dtype=dtype, overwrite=overwrite, progress=progress)
+               backend=runner, dtype=dtype, overwrite=overwrite, progress=progress)
     imgs = image_set(m, images, "images", source=src, store=store, subset=subset, **ext)
     ref = image_set(m, reference, "reference", source=ref_src, store=reference_store, **ext) \
         if reference is not None else None
@@ -547,13 +553,13 @@ def sample(model, images, *, budget: int, levels: str | Sequence[int] | None = N
            store: str | Path | None = None, seed: int = 0, pretrained: bool = True,
            batch_size: int = 32, device=None, num_workers: int | None = None,
            dtype: str = "float32", overwrite: bool = False, sheet: bool = True,
-           progress: bool = True) -> CurateResult:
+           progress: bool = True, backend: str | Backend | None = None) -> CurateResult:
     """Draw a sample of `budget` images balanced over the concepts of the data (DINOv2 /
     ssl-data-curation: hierarchical k-means, then the budget split top-down by water-filling).
 
     Args:
         model, images, layer, pool, subset, out, store, pretrained, batch_size, device,
-            num_workers, dtype, overwrite, progress, sheet: as in `dedup` (this step writes
+            num_workers, dtype, overwrite, progress, sheet, backend: as in `dedup` (this step writes
             ``out/sample/``; ``subset`` takes e.g. ``out/dedup/keep.csv`` to sample from the
             images dedup kept).
         budget: how many images to draw (all of them, with a note, when it exceeds them).
@@ -580,10 +586,12 @@ def sample(model, images, *, budget: int, levels: str | Sequence[int] | None = N
     resampling_steps = _positive(resampling_steps, "--resampling-steps", low=0)
     sample_size = _positive(sample_size, "--sample-size", allow_none=True)
     src = _open(images, "--images")
-    m, layer = _one_model(model, pretrained=pretrained, device=device, seed=seed, layer=layer)
+    runner = resolve_backend(backend, num_workers=num_workers)
+    m, layer = _one_model(model, pretrained=pretrained, device=device, seed=seed, layer=layer,
+                          backend=runner)
     imgs = image_set(m, images, "images", source=src, store=store, subset=subset, layer=layer,
                      pool=pool,
-                     out=out, batch_size=batch_size, device=device, num_workers=num_workers,
+                     out=out, batch_size=batch_size, device=device, backend=runner,
                      dtype=dtype, overwrite=overwrite, progress=progress)
     _need_images(imgs)
     n = len(imgs)
@@ -647,13 +655,14 @@ def retrieve(model, queries, pool_images, *, k: int = 4, mode: str = "nearest",
              queries_store: str | Path | None = None, pool_store: str | Path | None = None,
              seed: int = 0, pretrained: bool = True, batch_size: int = 32, device=None,
              num_workers: int | None = None, dtype: str = "float32", overwrite: bool = False,
-             sheet: bool = True, progress: bool = True) -> CurateResult:
+             sheet: bool = True, progress: bool = True,
+             backend: str | Backend | None = None) -> CurateResult:
     """Retrieve the images of a pool close to a set of queries (DINOv2's retrieval of
     uncurated images near curated sets).
 
     Args:
         model, layer, pool, out, pretrained, batch_size, device, num_workers, dtype, overwrite,
-            progress, sheet: as in `dedup` (this step writes ``out/retrieve/``).
+            progress, sheet, backend: as in `dedup` (this step writes ``out/retrieve/``).
         queries: the query images (e.g. a curated set); pool_images: the pool searched.
         k: "nearest": the k nearest pool images of each query, by cosine similarity (DINOv2:
             4 for large query sets).
@@ -676,9 +685,11 @@ def retrieve(model, queries, pool_images, *, k: int = 4, mode: str = "nearest",
     n_clusters = _positive(n_clusters, "--clusters", allow_none=True)
     min_queries = _positive(min_queries, "--min-queries")
     q_src, p_src = _open(queries, "--queries"), _open(pool_images, "--pool-images")
-    m, layer = _one_model(model, pretrained=pretrained, device=device, seed=seed, layer=layer)
+    runner = resolve_backend(backend, num_workers=num_workers)
+    m, layer = _one_model(model, pretrained=pretrained, device=device, seed=seed, layer=layer,
+                          backend=runner)
     ext = dict(layer=layer, pool=pool, out=out, batch_size=batch_size, device=device,
-               num_workers=num_workers, dtype=dtype, overwrite=overwrite, progress=progress)
+               backend=runner, dtype=dtype, overwrite=overwrite, progress=progress)
     q = image_set(m, queries, "queries", source=q_src, store=queries_store, **ext)
     p = image_set(m, pool_images, "pool", source=p_src, store=pool_store, **ext)
     _need_images(q)
@@ -768,13 +779,14 @@ def find_prototypes(model, images, *, n_clusters: int | None = None, n_examples:
                     store: str | Path | None = None, seed: int = 0, pretrained: bool = True,
                     batch_size: int = 32, device=None, num_workers: int | None = None,
                     dtype: str = "float32", overwrite: bool = False, sheet: bool = True,
-                    progress: bool = True) -> CurateResult:
+                    progress: bool = True,
+                    backend: str | Backend | None = None) -> CurateResult:
     """What a dataset holds, as k-means prototypes: each cluster's size, its medoid (the real
     image nearest the centroid) and its members nearest the centroid.
 
     Args:
         model, images, layer, pool, subset, out, store, pretrained, batch_size, device,
-            num_workers, dtype, overwrite, progress, sheet: as in `dedup` (this step writes
+            num_workers, dtype, overwrite, progress, sheet, backend: as in `dedup` (this step writes
             ``out/prototypes/``).
         n_clusters: k (default round(sqrt(n))).
         n_examples: members kept per prototype (nearest first) for the table and the sheet.
@@ -791,10 +803,12 @@ def find_prototypes(model, images, *, n_clusters: int | None = None, n_examples:
     n_clusters = _positive(n_clusters, "--clusters", allow_none=True)
     n_examples = _positive(n_examples, "--examples")
     src = _open(images, "--images")
-    m, layer = _one_model(model, pretrained=pretrained, device=device, seed=seed, layer=layer)
+    runner = resolve_backend(backend, num_workers=num_workers)
+    m, layer = _one_model(model, pretrained=pretrained, device=device, seed=seed, layer=layer,
+                          backend=runner)
     imgs = image_set(m, images, "images", source=src, store=store, subset=subset, layer=layer,
                      pool=pool,
-                     out=out, batch_size=batch_size, device=device, num_workers=num_workers,
+                     out=out, batch_size=batch_size, device=device, backend=runner,
                      dtype=dtype, overwrite=overwrite, progress=progress)
     _need_images(imgs)
     n = len(imgs)
@@ -853,14 +867,15 @@ def datasets(model, images_a, images_b, *, names: Sequence[str] | None = None, k
              store_a: str | Path | None = None, store_b: str | Path | None = None,
              seed: int = 0, pretrained: bool = True, batch_size: int = 32, device=None,
              num_workers: int | None = None, dtype: str = "float32", overwrite: bool = False,
-             sheet: bool = True, progress: bool = True) -> DatasetsResult:
+             sheet: bool = True, progress: bool = True,
+             backend: str | Backend | None = None) -> DatasetsResult:
     """Compare two image sets through one model's features: the Fréchet distance of their
     feature Gaussians, k-NN precision / recall / density / coverage (B judged against A), and
     the clusters of a joint k-means that only one of them populates.
 
     Args:
         model, layer, pool, out, pretrained, batch_size, device, num_workers, dtype, overwrite,
-            progress, sheet: as in `dedup` (writes ``out/datasets.json``).
+            progress, sheet, backend: as in `dedup` (writes ``out/datasets.json``).
         images_a: the reference set ("real" for precision / recall); images_b: the other.
         names: the two sets' names in tables and sheets (default: their folder names, else A
             and B).
@@ -891,9 +906,11 @@ def datasets(model, images_a, images_b, *, names: Sequence[str] | None = None, k
     if names is not None and (len(names) != 2 or not all(names) or names[0] == names[1]):
         raise InputError(f"--names {names!r}: give two different names")
     a_src, b_src = _open(images_a, "--images-a"), _open(images_b, "--images-b")
-    m, layer = _one_model(model, pretrained=pretrained, device=device, seed=seed, layer=layer)
+    runner = resolve_backend(backend, num_workers=num_workers)
+    m, layer = _one_model(model, pretrained=pretrained, device=device, seed=seed, layer=layer,
+                          backend=runner)
     ext = dict(layer=layer, pool=pool, out=out, batch_size=batch_size, device=device,
-               num_workers=num_workers, dtype=dtype, overwrite=overwrite, progress=progress)
+               backend=runner, dtype=dtype, overwrite=overwrite, progress=progress)
     a = image_set(m, images_a, "a", source=a_src, store=store_a, **ext)
     b = image_set(m, images_b, "b", source=b_src, store=store_b, **ext)
     for s in (a, b):

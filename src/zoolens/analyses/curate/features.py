@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from ... import plan
+from ...backends import Backend
 from ...errors import InputError
 from ...sinks import Need
 from ...sources import ImageSource, open_source
@@ -197,7 +198,7 @@ def _usable(arr: np.ndarray, valid: np.ndarray, block: int = 1 << 14) -> np.ndar
 def image_set(model: Model, images, role: str, *, layer: str, pool: str, out: Path,
               store: str | Path | None = None, subset: str | Path | None = None,
               source: ImageSource | None = None, batch_size: int = 32, device=None,
-              num_workers: int | None = None, dtype: str = "float32", overwrite: bool = False,
+              backend: Backend | None = None, dtype: str = "float32", overwrite: bool = False,
               progress: bool = True) -> ImageSet:
     """The features of `images` at `layer` of `model`, from (or written to) a feature store.
 
@@ -211,7 +212,8 @@ def image_set(model: Model, images, role: str, *, layer: str, pool: str, out: Pa
         store: a store folder to read (it must hold these features of these images) or, when
             the folder does not exist yet, to write.
         subset: a CSV of ids (e.g. a keep.csv): only those images are used.
-        batch_size, device, num_workers, dtype, overwrite, progress: the extraction.
+        batch_size, device, backend, dtype, overwrite, progress: the extraction
+            (`zoolens.plan.extract`; `backend` carries its workers).
     """
     source = source if source is not None else open_source(images)
     if len(source) == 0:
@@ -225,19 +227,16 @@ def image_set(model: Model, images, role: str, *, layer: str, pool: str, out: Pa
             raise InputError(f"--store {str(path)!r} cannot give the {role} features: it "
                              f"{_mismatch(path, model, source, layer, pool)}")
     else:
-        path = Path(store) if store is not None else (
-            Path(out) / "features" / slug(model.name) / set_name(source)
-            / f"{slug(layer)}.{pool}")
-        log.info("%s: %s features (%s, %s) -> %s", model.name, role, layer, pool, path)
-        try:
-            held = plan.extract([model], source, pools, path, batch_size=batch_size, dtype=dtype,
-                                overwrite=overwrite, num_workers=num_workers, device=device,
-                                progress=progress)
-        except InputError as exc:
-            if "holds another extraction" not in str(exc):
-                raise
-            raise InputError(f"{exc} (curate: pass overwrite=True / --overwrite to extract the "
-                             "features again)") from None
+        options = dict(batch_size=batch_size, dtype=dtype, overwrite=overwrite, device=device,
+                       backend=backend, progress=progress)
+        if store is not None:  # a new folder the user named
+            log.info("%s: %s features (%s, %s) -> %s", model.name, role, layer, pool, store)
+            held = plan.extract([model], source, pools, Path(store), **options)
+        else:  # one store per image set and layer, whatever the role: any step reuses it
+            split = f"{set_name(source)}/{layer}.{pool}"
+            held = plan.extract_splits(model, {split: source}, pools[model.name],
+                                       Path(out) / "features" / slug(model.name),
+                                       **options)[split]
     arr = held.features(model.name, layer, pool)
     if arr.ndim != 2:
         raise InputError(f"{held.path}: {model.name} {layer} is stored with shape "
