@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from zoolens.errors import InputError
-from zoolens.neighbors import _stable_topk, top_k_per_row, top_k_similar
+from zoolens.neighbors import _stable_topk, inverse_norms, top_k_per_row, top_k_similar
 
 
 def _ref_top_k(queries, base, k):
@@ -60,6 +60,36 @@ def test_top_k_similar_caps_k_and_validates():
     with pytest.raises(InputError, match="queries"):
         top_k_similar(queries[:, :2], base, 1)
     assert top_k_similar(np.zeros((0, 3)), base, 2)[0].shape == (0, 2)
+
+
+def test_top_k_similar_exclude_self():
+    rng = np.random.default_rng(3)
+    x = rng.integers(-2, 3, size=(300, 4)).astype(np.float32)  # exact ties, duplicate rows
+    sims64 = x.astype(np.float64) @ x.T.astype(np.float64)
+    np.fill_diagonal(sims64, -np.inf)  # the reference: every other row, ties by lower index
+    for k in (1, 7, 40):
+        for chunk in (None, 13):
+            sims, idx = top_k_similar(x, x, k, exclude_self=True, chunk_size=chunk,
+                                      device="cpu")
+            ref = np.stack([np.lexsort((np.arange(300), -row))[:k] for row in sims64])
+            np.testing.assert_array_equal(idx, ref)
+            np.testing.assert_array_equal(sims, np.take_along_axis(sims64, ref, 1))
+    # a duplicate of a row is its nearest other row (similarity equal to its own)
+    dup = np.vstack([x[:5], x[:5]])
+    np.testing.assert_array_equal(top_k_similar(dup, dup, 1, exclude_self=True,
+                                                normalize=True, device="cpu")[1][:, 0] % 5,
+                                  np.arange(10) % 5)
+    with pytest.warns(UserWarning, match="other than the query itself; using k=4"):
+        assert top_k_similar(x[:5], x[:5], 9, exclude_self=True)[1].shape == (5, 4)
+    with pytest.raises(InputError, match="exclude_self"):
+        top_k_similar(x[:4], x, 2, exclude_self=True)
+
+
+def test_inverse_norms():
+    x = np.array([[3.0, 4.0], [0.0, 2.0], [1e-30, 0.0]], dtype=np.float32)
+    np.testing.assert_allclose(inverse_norms(x, block_bytes=16), [0.2, 0.5, 1e30], rtol=1e-6)
+    with pytest.raises(InputError, match=r"feats: row 1 is all zeros \(2 such rows\)"):
+        inverse_norms(np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]), "feats")
 
 
 @pytest.mark.parametrize("n, threads", [(1024, 1), (4099, 2), (20000, 2)])

@@ -132,6 +132,8 @@ def test_extract_on_ray_writes_the_local_store_and_resumes(tmp_path, messy_dir, 
     assert b.config == a.config
     files = sorted(p.relative_to(tmp_path / "local") for p in (tmp_path / "local").rglob("*.npy"))
     assert files == sorted(p.relative_to(tmp_path / "ray") for p in (tmp_path / "ray").rglob("*.npy"))
+    assert (a.sizes[a.valid] > 0).all()  # decoded sizes came back from the workers too
+    np.testing.assert_array_equal(b.sizes, a.sizes)
     for model in a.models:
         for layer in a.layers(model):
             x, y = a.features(model, layer), b.features(model, layer)

@@ -142,3 +142,46 @@ def test_an_image_replaced_under_its_name_is_computed_again(tmp_path, photo_dir)
     assert np.abs(after[row] - before[row]).max() > 1e-3  # recomputed from the new pixels
     np.testing.assert_array_equal(after, np.array(fresh.features(SPEC, "blocks.1")))
     assert again.fingerprints == fresh.fingerprints
+
+
+def test_decoded_sizes_are_kept_and_replayed(tmp_path):
+    """A store keeps each image's decoded (height, width), and its replay hands them to sinks
+    as a live pass does (a sink deciding by resolution works from the store)."""
+    from PIL import Image
+
+    from zoolens.sinks import Need
+
+    root = tmp_path / "imgs"
+    root.mkdir()
+    shapes = {"a.png": (30, 40), "b.png": (70, 50), "c.png": (20, 33)}  # (height, width)
+    for name, (h, w) in shapes.items():
+        Image.new("RGB", (w, h), (h, w, 7)).save(root / name)
+    (root / "bad.png").write_bytes(b"not an image")
+    store = zoolens.extract(SPEC, root, layers="blocks.1", out=tmp_path / "s", pretrained=False,
+                            batch_size=2, num_workers=0, progress=False)
+    expected = [shapes.get(i, (0, 0)) for i in store.ids]
+    assert store.sizes.tolist() == [list(e) for e in expected] and store.sizes.dtype == np.int32
+    live = []
+
+    class Sizes(zoolens.Sink):
+        def __init__(self):
+            self.need = Need({SPEC: {"blocks.1": {"mean"}}})
+
+        def update(self, batch):
+            live.extend(batch.sizes)
+
+    from zoolens import plan
+
+    plan.run([_model()], zoolens.open_source(root), [Sizes()], num_workers=0, progress=False)
+    replayed = [s for b in store.batches(Sizes().need, batch_size=2) for s in b.sizes]
+    assert live == replayed == [shapes[i] for i in store.ids if i in shapes]
+
+    # a store written before sizes were kept: no sizes, and resuming it does not make some up
+    (tmp_path / "s" / "sizes.npy").unlink()
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    manifest.update(done_chunks=[], complete=False)
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(manifest))
+    old = zoolens.extract(SPEC, root, layers="blocks.1", out=tmp_path / "s", pretrained=False,
+                          batch_size=2, num_workers=0, progress=False)
+    assert old.complete and old.sizes is None
+    assert all(b.sizes == [] for b in old.batches(Sizes().need))

@@ -1,5 +1,6 @@
 """zoolens: look inside a zoo of pretrained vision models."""
 
+from .analyses import curate
 from .analyses.discovery import discover, maskcut, ncut, visualize
 from .analyses.probes import knn_classify, logme, probe, zeroshot_classifier, zeroshot_scores
 from .analyses.rosetta import rosetta
@@ -19,7 +20,8 @@ from .zoo import Model, list_models, load
 
 __version__ = "0.1.0"
 __all__ = ["load", "list_models", "Model", "extract", "open_store", "Store", "open_source",
-           "rosetta", "compare", "probe", "ood", "layerstats", "discover", "visualize",
+           "rosetta", "compare", "probe", "ood", "curate", "layerstats", "discover",
+           "visualize",
            "knn_classify", "zeroshot_classifier", "zeroshot_scores", "cka", "unbiased_cka",
            "mutual_knn", "logme", "ncut", "maskcut", "Sink", "Need", "Batch",
            "ZoolensError", "UnknownModelError", "UnknownLayerError", "InputError",

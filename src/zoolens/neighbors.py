@@ -1,9 +1,11 @@
 """Exact nearest neighbours by inner product: chunked float32 products and an exact top-k.
 
 One implementation for every tool that ranks rows by similarity: the k-NN probe
-(`analyses.probes.knn`), the k-NN out-of-distribution score (`analyses.ood`), and the data tools
-to come (near-duplicates, retrieval). It ranks by the inner product of the rows it is given; the
-caller L2-normalises them for cosine similarity (``normalize=True`` here, or its own code).
+(`analyses.probes.knn`), the k-NN out-of-distribution score (`analyses.ood`), and the curation
+tools (`analyses.curate`: retrieval, the k-NN radii of precision / recall / density / coverage).
+It ranks by the inner product of the rows it is given; the caller L2-normalises them for cosine
+similarity (``normalize=True`` here, or its own code, e.g. with `inverse_norms`, which refuses
+all-zero rows instead of giving them similarity 0).
 
 How it stays fast and exact:
 
@@ -50,7 +52,8 @@ from ._validation import as_features
 from .errors import InputError
 from .zoo.registry import resolve_device
 
-__all__ = ["top_k_similar", "top_k_per_row", "similarity_blocks", "default_chunk_size"]
+__all__ = ["top_k_similar", "top_k_per_row", "similarity_blocks", "default_chunk_size",
+           "inverse_norms"]
 
 # Bytes of float32 similarities held per chunk when `chunk_size` is None (about 256 MiB on CPU):
 # big enough that BLAS runs at full speed, small enough to leave memory for everything else.
@@ -77,6 +80,29 @@ def default_chunk_size(n_base: int, device: torch.device) -> int:
     between 64 and 4096 rows."""
     budget = _CHUNK_BYTES_CUDA if device.type == "cuda" else _CHUNK_BYTES_CPU
     return int(min(4096, max(64, budget // (4 * max(n_base, 1)))))
+
+
+def inverse_norms(x: np.ndarray, name: str = "x", *, block_bytes: int = 64 * 2**20) -> np.ndarray:
+    """(n,) float64 1 / L2 norm of every row of `x` (n, d), computed block by block (no float64
+    copy of `x`).
+
+    Raises InputError naming the first all-zero row: a zero vector has no direction, and a
+    caller that needs cosine similarities exactly (deduplication, k-means on the sphere) must
+    not rank it as "similarity 0 to everything".
+    """
+    n, d = x.shape
+    out = np.empty(n, dtype=np.float64)
+    rows = max(1, block_bytes // (8 * max(d, 1)))
+    for s in range(0, n, rows):
+        b = x[s:s + rows].astype(np.float64)
+        out[s:s + rows] = np.einsum("ij,ij->i", b, b)
+    zero = np.flatnonzero(out == 0)
+    if zero.size:
+        raise InputError(f"{name}: row {int(zero[0])} is all zeros ({zero.size} such rows); "
+                         "a zero vector has no cosine similarity, drop or replace it")
+    np.sqrt(out, out=out)
+    np.divide(1.0, out, out=out)
+    return out
 
 
 def _normalize(x: np.ndarray, name: str, device: torch.device, stacklevel: int = 4) -> torch.Tensor:
@@ -255,16 +281,18 @@ def _stable_topk(buf: torch.Tensor, kmax: int, boundaries: Sequence[int]) -> tor
     return idx
 
 
-def top_k_similar(queries, base, k: int, *, normalize: bool = False,
+def top_k_similar(queries, base, k: int, *, normalize: bool = False, exclude_self: bool = False,
                   chunk_size: int | None = None, device=None) -> tuple[np.ndarray, np.ndarray]:
     """The `k` base rows with the largest inner product with each query (exact search).
 
     Args:
         queries: (m, d) array (NumPy or torch).
         base: (n, d) array.
-        k: neighbours per query; capped at n with a warning.
+        k: neighbours per query; capped at n (n - 1 with `exclude_self`) with a warning.
         normalize: L2-normalise both sides first (cosine similarity). All-zero rows stay zero
             (similarity 0 to everything) with a warning.
+        exclude_self: `queries` are the base rows themselves, row for row (m == n): query i
+            never returns base row i (a point's neighbours among the others, e.g. k-NN radii).
         chunk_size: queries per similarity block (memory ~ 4 * chunk_size * n bytes);
             default `default_chunk_size`.
         device: torch device; CUDA when available, else CPU.
@@ -281,9 +309,16 @@ def top_k_similar(queries, base, k: int, *, normalize: bool = False,
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
         raise InputError(f"k: expected a positive integer, got {k!r}")
     n = b.shape[0]
-    if k > n:
-        warnings.warn(f"k={k} exceeds the {n} base rows; using k={n}", stacklevel=2)
-    k = min(int(k), n)
+    if exclude_self and q.shape[0] != n:
+        raise InputError(f"exclude_self: the queries ({q.shape[0]} rows) must be the base rows "
+                         f"({n} rows), row for row")
+    avail = n - 1 if exclude_self else n
+    if avail < 1:
+        raise InputError(f"base: exclude_self needs at least 2 rows, got {n}")
+    if k > avail:
+        warnings.warn(f"k={k} exceeds the {avail} base rows" + (" other than the query itself"
+                      if exclude_self else "") + f"; using k={avail}", stacklevel=2)
+    k = min(int(k), avail)
     dev = resolve_device(device)
     chunk = default_chunk_size(n, dev) if chunk_size is None else int(chunk_size)
     if chunk < 1:
@@ -297,6 +332,9 @@ def top_k_similar(queries, base, k: int, *, normalize: bool = False,
     sims = np.empty((q.shape[0], k), dtype=np.float32)
     idx = np.empty((q.shape[0], k), dtype=np.int64)
     for start, block in similarity_blocks(qt, bt, chunk):
+        if exclude_self:  # below every similarity: ranked last, never among the k <= n - 1
+            r = torch.arange(block.shape[0], device=block.device)
+            block[r, r + start] = float("-inf")
         i = _stable_topk(block, k, (k,))
         s = torch.gather(block, 1, i.to(block.device)).cpu().numpy()
         i = i.cpu().numpy()

@@ -39,7 +39,8 @@ class Batch:
         with the batch on axis 0.
     skipped: ``{"index", "id", "reason"}`` of the images of this batch that could not be used.
     notes: ``{"index", "id", "note"}`` (e.g. "converted from CMYK").
-    sizes: the decoded (H, W) of each image (empty when replayed from a feature store).
+    sizes: the decoded (H, W) of each image (replayed from a feature store: the sizes it
+        recorded; empty for a store written before sizes were kept).
     windows: model name -> one `zoolens.zoo.window.Window` per image, where the model's input
         lies in the image (only when a sink's `Need.windows` asked for them).
     images: the decoded RGB images as (H, W, 3) uint8 arrays (only when `Need.images`).

@@ -5,7 +5,9 @@ Why npy files and not zarr: no extra dependency, NumPy memory-maps them natively
 preallocated file per layer makes resuming O(1) — a chunk is rewritten in place until the
 manifest (replaced atomically, after the rows are flushed to disk) lists it as finished. An
 interrupted run therefore never leaves a half-written chunk marked done, and a rerun with the
-same settings skips finished chunks. Rows of skipped images stay zero and are flagged.
+same settings skips finished chunks. Rows of skipped images stay zero and are flagged. Each
+image's decoded size is kept too (`sizes.npy`), so what a live pass tells a sink about an image
+(`Batch.sizes`) a replay tells it as well.
 
 `StoreWriter` is a sink like any other (its state: the finished chunks and the skip list, which
 merge by union); `Store` reads a store back, and replays it as batches (`Store.batches`), so the
@@ -30,11 +32,13 @@ from .errors import InputError
 from .sinks import Batch, Need, Sink
 from .taps import TapInfo, effective_pool, pooled_shape
 
-__all__ = ["StoreWriter", "Store", "open_store", "MANIFEST", "default_chunk_size", "slug"]
+__all__ = ["StoreWriter", "Store", "open_store", "MANIFEST", "SIZES", "default_chunk_size",
+           "slug"]
 
 log = logging.getLogger("zoolens")
 
 MANIFEST = "manifest.json"
+SIZES = "sizes.npy"  # (n_images, 2) int32: each image's decoded (height, width); 0 if skipped
 _FORMAT = 1
 
 
@@ -81,6 +85,7 @@ class _Array:
     fd: int = -1
     offset: int = 0
     row_bytes: int = 0
+    dtype: np.dtype | None = None  # None: the store's feature dtype
 
 
 class StoreWriter(Sink):
@@ -128,6 +133,8 @@ class StoreWriter(Sink):
         self.need = Need({m: {layer: set(p) for layer, p in by.items()} for m, by in pools.items()})
         self.config = {"format": _FORMAT, "n_images": self.n, "dtype": dtype,
                        "chunk_size": chunk_size, "layers": entries, **(config or {})}
+        # None when resuming a store written before sizes were kept (its finished rows have none)
+        self.sizes: _Array | None = _Array(self.out / SIZES, (2,), dtype=np.dtype(np.int32))
         self.manifest = self._open(overwrite, ids, labels, fingerprints, listing_skips or [])
         self.add_state("done_chunks", set(self.manifest["done_chunks"]), merge="union")
         self.add_state("skipped", list(self.manifest["skipped"]), merge=_merge_records)
@@ -147,16 +154,18 @@ class StoreWriter(Sink):
             for a in self.arrays.values():
                 if not a.path.exists():
                     raise InputError(f"{self.out} is damaged: {a.path} is missing; overwrite it")
+            if not self.sizes.path.exists():
+                self.sizes = None
             self._open_files()
             if fingerprints is not None:
                 self._forget_changed(old, fingerprints)
             return old
         self.out.mkdir(parents=True, exist_ok=True)
         self._remove_old_arrays(path)
-        for a in {a.path: a for a in self.arrays.values()}.values():
+        for a in {a.path: a for a in self._files()}.values():
             a.path.parent.mkdir(parents=True, exist_ok=True)
             # preallocated (sparse) and zero: rows of skipped images stay zero
-            np.lib.format.open_memmap(a.path, mode="w+", dtype=self.dtype,
+            np.lib.format.open_memmap(a.path, mode="w+", dtype=a.dtype or self.dtype,
                                       shape=(self.n, *a.shape))._mmap.close()
         _write_json_atomic(self.out / "ids.json", {"ids": list(ids), "labels": labels,
                                                    "fingerprints": fingerprints})
@@ -204,11 +213,15 @@ class StoreWriter(Sink):
                     if stale not in keep and stale.is_file():
                         stale.unlink()
 
+    def _files(self) -> list[_Array]:
+        """Every array written per image: the features, and the decoded sizes."""
+        return list(self.arrays.values()) + ([self.sizes] if self.sizes is not None else [])
+
     def _open_files(self):
         fds: dict[Path, int] = {}
-        for a in self.arrays.values():
+        for a in self._files():
             a.offset = _npy_header_size(a.path)
-            a.row_bytes = int(np.prod(a.shape)) * self.dtype.itemsize
+            a.row_bytes = int(np.prod(a.shape)) * (a.dtype or self.dtype).itemsize
             if a.path not in fds:
                 fds[a.path] = os.open(a.path, os.O_RDWR)
             a.fd = fds[a.path]
@@ -226,6 +239,8 @@ class StoreWriter(Sink):
             if batch.indices and a.path not in written:  # poolings may share one array
                 self._write_rows(a, batch.indices, batch.features[model][layer][how])
                 written.add(a.path)
+        if self.sizes is not None and batch.indices and len(batch.sizes) == len(batch.indices):
+            self._write_rows(self.sizes, batch.indices, np.asarray(batch.sizes, dtype=np.int32))
         self._chunk_skips += batch.skipped
         self._chunk_notes += batch.notes
         for i in list(batch.indices) + [s["index"] for s in batch.skipped]:
@@ -241,7 +256,8 @@ class StoreWriter(Sink):
     def _write_rows(self, a: _Array, indices: list[int], t) -> None:
         if not indices:
             return
-        rows = t.detach().to("cpu").numpy().astype(self.dtype, copy=False)
+        rows = t.detach().to("cpu").numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+        rows = rows.astype(a.dtype or self.dtype, copy=False)
         rows = np.ascontiguousarray(rows.reshape(len(indices), -1))
         start = 0
         for k in range(1, len(indices) + 1):  # one write per run of consecutive indices
@@ -250,7 +266,7 @@ class StoreWriter(Sink):
                 start = k
 
     def _finish_chunk(self, chunk: int) -> None:
-        for fd in {a.fd for a in self.arrays.values()}:
+        for fd in {a.fd for a in self._files()}:
             os.fsync(fd)
         lo, hi = chunk * self.chunk_size, (chunk + 1) * self.chunk_size
         inside = lambda s: lo <= s["index"] < hi  # noqa: E731
@@ -283,9 +299,9 @@ class StoreWriter(Sink):
     def close(self, **extra) -> None:
         """Close the files; `extra` (timings, say) goes into the manifest."""
         self._save(**extra)
-        for fd in {a.fd for a in self.arrays.values() if a.fd >= 0}:
+        for fd in {a.fd for a in self._files() if a.fd >= 0}:
             os.close(fd)
-        for a in self.arrays.values():
+        for a in self._files():
             a.fd = -1
 
     def result(self) -> "Store":
@@ -387,6 +403,13 @@ class Store:
     def valid_ids(self) -> list[str]:
         return [i for i, ok in zip(self.ids, self.valid) if ok]
 
+    @property
+    def sizes(self) -> np.ndarray | None:
+        """(n_images, 2) int32 decoded (height, width) of every image, memory-mapped (0 for
+        skipped images); None for a store written before sizes were kept."""
+        path = self.path / SIZES
+        return np.load(path, mmap_mode="r") if path.exists() else None
+
     # -- serving a pass from disk --------------------------------------------------------
     def holds(self, need: Need) -> bool:
         """True when this complete store has every (model, layer, pooling) `need` asks for, and
@@ -410,6 +433,7 @@ class Store:
         reasons = {s["index"]: s["reason"] for s in self.skipped if "index" in s}
         arrays = {(m, layer, how): self.features(m, layer, how)
                   for m, by in need.taps.items() for layer, hows in by.items() for how in hows}
+        sizes = self.sizes
         for start in range(0, len(order), batch_size):
             part = order[start:start + batch_size]
             good = [i for i in part if self.valid[i]]
@@ -420,7 +444,8 @@ class Store:
             yield Batch(good, [self.ids[i] for i in good], features,
                         skipped=[{"index": i, "id": self.ids[i],
                                   "reason": reasons.get(i, "not extracted")}
-                                 for i in part if not self.valid[i]])
+                                 for i in part if not self.valid[i]],
+                        sizes=[] if sizes is None else [tuple(map(int, sizes[i])) for i in good])
 
 
 def open_store(path: str | Path) -> Store:

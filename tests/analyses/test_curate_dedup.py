@@ -15,7 +15,6 @@ from PIL import Image, ImageEnhance
 
 from zoolens.analyses.curate import (contact_sheet, dedup_sheet, deduplicate, duplicate_groups,
                                      near_duplicate_pairs, reference_matches)
-from zoolens.analyses.curate._neighbors import top_k
 from zoolens.analyses.curate.dedup import DedupResult, cosine_error_bound
 from zoolens.errors import InputError
 
@@ -423,21 +422,7 @@ def test_errors_name_the_argument():
 
 
 # ----------------------------------------------------------------------------------------------
-# the neighbour helper and the sheet
-
-
-def test_top_k_ties_go_to_the_lower_index():
-    rng = np.random.default_rng(0)
-    pool = rng.integers(-2, 3, (300, 4)).astype(np.float32)  # many exact ties
-    q = rng.integers(-2, 3, (50, 4)).astype(np.float32)
-    for k in (1, 7, 40):
-        s, idx = top_k(q, pool, k, block_bytes=1 << 12)
-        full = q.astype(np.float64) @ pool.T.astype(np.float64)
-        ref = np.argsort(-full, axis=1, kind="stable")[:, :k]
-        np.testing.assert_array_equal(idx, ref)
-        np.testing.assert_array_equal(s, np.take_along_axis(full, ref, 1))
-    s, idx = top_k(pool, pool, 5, exclude_self=True)
-    assert not (idx == np.arange(len(pool))[:, None]).any()
+# the sheet
 
 
 def test_dedup_sheet_shows_the_groups(photo_set, tmp_path):

@@ -8,4 +8,5 @@ method, testable against a reference), sinks that accumulate it batch by batch
 - `probes`: frozen-feature evaluation (k-NN, linear, zero-shot, LogME);
 - `discovery`: objects without labels (MaskCut), PCA colours, attention maps;
 - `layerstats`: per-unit activation statistics (the worked example of README's "Extending").
+- `curate`: near-duplicates, balanced sampling, retrieval, prototypes, dataset comparison.
 """

@@ -3,7 +3,7 @@ and printing; analyses whose options are their function's parameters are one lin
 
 from ..analyses.layerstats import layerstats
 from ._app import app, command
-from . import compare, demo, discover, extract, ood, probe, report, rosetta  # noqa: F401  (registers commands)
+from . import compare, curate, demo, discover, extract, ood, probe, report, rosetta  # noqa: F401  (registers commands)
 
 command(layerstats)
 

@@ -31,8 +31,8 @@ def report(dirs: List[Path] = typer.Argument(..., help="folder(s) of results, se
                                                               "note as JSON to stdout"),
            verbose: bool = typer.Option(False, "--verbose", "-v")):
     """Build one HTML page (images embedded, no network needed to view it) from the JSON files
-    and figures that rosetta, compare, probe, discover, visualize and extract wrote. Missing or
-    unreadable results are pointed out on the page, never fatal."""
+    and figures that rosetta, compare, probe, discover, visualize, extract, curate and datasets
+    wrote. Missing or unreadable results are pointed out on the page, never fatal."""
     from ..report.html import default_output, render_report
 
     setup_logging(verbose)

@@ -28,9 +28,9 @@ import numpy as np
 
 from ..._validation import as_features
 from ...errors import InputError
-from ._neighbors import BLOCK_BYTES, top_k
+from ...neighbors import top_k_similar
 from ._result import ResultMixin, _float_array, _int_array, array_field
-from .kmeans import KMeansResult, kmeans
+from .kmeans import BLOCK_BYTES, KMeansResult, kmeans
 from .prototypes import medoids
 
 __all__ = ["feature_moments", "frechet_distance", "frechet_distance_from_moments", "PRDC",
@@ -148,15 +148,17 @@ def _knn_sq_radii(x: np.ndarray, k: int, block_bytes: int) -> np.ndarray:
     """(n,) float64 squared distance of every row to its k-th nearest other row.
 
     Nearest by Euclidean distance = largest ``x_i . x_j - |x_j|^2 / 2``: an inner product of
-    ``[x_i, 1]`` with ``[x_j, -|x_j|^2 / 2]``, which `top_k` searches. A few extra candidates
-    are re-ranked by exact float64 distances so float32 ties cannot move the k-th one.
+    ``[x_i, 1]`` with ``[x_j, -|x_j|^2 / 2]``, which `top_k_similar` searches. A few extra
+    candidates are re-ranked by exact float64 distances so float32 ties cannot move the k-th
+    one.
     """
     n = len(x)
     sq = np.einsum("ij,ij->i", x.astype(np.float64), x.astype(np.float64))
     q = np.hstack([x, np.ones((n, 1))]).astype(np.float32)
     p = np.hstack([x, -0.5 * sq[:, None]]).astype(np.float32)
     kk = min(n - 1, k + 4)
-    _, idx = top_k(q, p, kk, exclude_self=True, block_bytes=block_bytes)
+    _, idx = top_k_similar(q, p, kk, exclude_self=True,
+                           chunk_size=max(1, block_bytes // (4 * n)))  # rows per block
     d2 = _sq_dist(np.repeat(x, kk, axis=0), x[idx.ravel()]).reshape(n, kk)
     return np.sort(d2, axis=1)[:, k - 1]
 

@@ -60,9 +60,9 @@ from scipy.sparse.csgraph import connected_components
 
 from ..._validation import as_features
 from ...errors import InputError
-from ._neighbors import BLOCK_BYTES, inverse_norms
+from ...neighbors import inverse_norms
 from ._result import ResultMixin, _float_array, _int_array, _int_arrays, array_field
-from .kmeans import kmeans
+from .kmeans import BLOCK_BYTES, kmeans
 
 __all__ = ["KEEP_RULES", "DuplicatePairs", "ReferenceMatches", "DedupResult",
            "near_duplicate_pairs", "reference_matches", "duplicate_groups", "deduplicate",

@@ -25,11 +25,16 @@ import numpy as np
 
 from ..._validation import as_features
 from ...errors import InputError
-from ._neighbors import BLOCK_BYTES, inverse_norms
+from ...neighbors import inverse_norms
 from ._result import ResultMixin, _float_array, _int_array, array_field
 
-__all__ = ["KMeansResult", "HierarchicalKMeans", "kmeans", "assign_clusters",
+__all__ = ["BLOCK_BYTES", "KMeansResult", "HierarchicalKMeans", "kmeans", "assign_clusters",
            "hierarchical_kmeans"]
+
+# Bytes of float32 scores held per block, the default of every curate function: large enough
+# for BLAS to run at full speed, small enough that a 1M-row search stays far below the size of
+# its inputs.
+BLOCK_BYTES = 64 * 2**20
 
 
 @dataclass

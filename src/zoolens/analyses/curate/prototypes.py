@@ -7,9 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...errors import InputError
-from ._neighbors import BLOCK_BYTES
 from ._result import ResultMixin, _float_array, _int_array, array_field
-from .kmeans import KMeansResult, kmeans
+from .kmeans import BLOCK_BYTES, KMeansResult, kmeans
 
 __all__ = ["Prototypes", "prototypes", "medoids"]
 

@@ -19,9 +19,9 @@ import numpy as np
 
 from ..._validation import as_features
 from ...errors import InputError
-from ._neighbors import BLOCK_BYTES, inverse_norms, top_k
+from ...neighbors import inverse_norms, top_k_similar
 from ._result import ResultMixin, _float_array, _int_array, array_field
-from .kmeans import KMeansResult, assign_clusters, kmeans
+from .kmeans import BLOCK_BYTES, KMeansResult, assign_clusters, kmeans
 
 __all__ = ["Retrieval", "ClusterRetrieval", "retrieve_nearest", "retrieve_by_clusters"]
 
@@ -89,7 +89,8 @@ def retrieve_nearest(queries, pool, k: int = 4, *, block_bytes: int = BLOCK_BYTE
         raise InputError(f"queries: have {q.shape[1]} features, pool has {p.shape[1]}")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= len(p):
         raise InputError(f"k: expected an integer in 1..{len(p)} (the pool size), got {k!r}")
-    sims, idx = top_k(q, p, int(k), block_bytes=block_bytes)
+    # block_bytes -> query rows per block of float32 similarities to the whole pool
+    sims, idx = top_k_similar(q, p, int(k), chunk_size=max(1, block_bytes // (4 * len(p))))
     return Retrieval(neighbors=idx, similarities=sims.astype(np.float64),
                      selected=np.unique(idx), k=int(k))
 

@@ -139,18 +139,24 @@ def contact_sheet(images, groups: Sequence[Sequence[Any]], path: str | Path | No
     return sheet
 
 
+def _default_label(i: Any) -> str:
+    return f"#{i}"
+
+
 def dedup_sheet(result: DedupResult, images, path: str | Path | None = None, *,
                 max_groups: int = 12, max_per_group: int = 8, thumb_size: int = 96,
-                columns: int = 8) -> Image.Image:
-    """The largest duplicate groups, one per row, the kept image framed and listed first."""
+                columns: int = 8, label: Callable[[int], str] | None = None) -> Image.Image:
+    """The largest duplicate groups, one per row, the kept image framed and listed first.
+    `label(id)` is the text under a thumbnail and in the titles (default ``#id``)."""
+    label = label or _default_label
     groups, titles, caps, marks = [], [], [], []
     for g, kept in zip(result.groups[:max_groups], result.group_kept[:max_groups]):
         ids = [int(kept)] + [int(i) for i in g if i != kept] if kept >= 0 else [int(i) for i in g]
         ids = ids[:max_per_group]
         groups.append(ids)
-        titles.append(f"{len(g)} images, " + (f"keeps #{kept}" if kept >= 0
+        titles.append(f"{len(g)} images, " + (f"keeps {label(int(kept))}" if kept >= 0
                                                 else "dropped (matches the reference set)"))
-        caps.append([f"#{i}" + (" kept" if i == kept else "") for i in ids])
+        caps.append([label(i) for i in ids])  # the kept one: framed, and named in the title
         marks.append([i == kept for i in ids])
     return contact_sheet(images, groups, path, titles=titles, captions=caps, highlight=marks,
                          thumb_size=thumb_size, columns=columns)
@@ -158,8 +164,10 @@ def dedup_sheet(result: DedupResult, images, path: str | Path | None = None, *,
 
 def prototype_sheet(result: Prototypes, images, path: str | Path | None = None, *,
                     max_prototypes: int = 16, per_prototype: int = 8, thumb_size: int = 96,
-                    columns: int = 8) -> Image.Image:
-    """One row per prototype, largest cluster first: its medoid (framed) and nearest members."""
+                    columns: int = 8, label: Callable[[int], str] | None = None) -> Image.Image:
+    """One row per prototype, largest cluster first: its medoid (framed) and nearest members.
+    `label(id)` is the text under a thumbnail (default ``#id``)."""
+    label = label or _default_label
     groups, titles, marks = [], [], []
     for c in result.order[:max_prototypes]:
         ids = [int(i) for i in result.examples[c][:per_prototype] if i >= 0]
@@ -169,16 +177,21 @@ def prototype_sheet(result: Prototypes, images, path: str | Path | None = None, 
         titles.append(f"prototype {int(c)}: {int(result.sizes[c])} images")
         marks.append([j == 0 for j in range(len(ids))])
     return contact_sheet(images, groups, path, titles=titles, highlight=marks,
-                         captions=[[f"#{i}" for i in g] for g in groups],
+                         captions=[[label(i) for i in g] for g in groups],
                          thumb_size=thumb_size, columns=columns)
 
 
 def shared_prototype_sheet(result: SharedPrototypes, images_a, images_b,
                            path: str | Path | None = None, *, names: tuple[str, str] = ("A", "B"),
                            max_clusters: int = 8, per_cluster: int = 8, thumb_size: int = 96,
-                           columns: int = 8) -> Image.Image:
+                           columns: int = 8,
+                           labels: tuple[Callable[[int], str], Callable[[int], str]] | None = None
+                           ) -> Image.Image:
     """The clusters only one dataset populates, each with that dataset's members nearest the
-    centroid: first those of A, then those of B."""
+    centroid: first those of A, then those of B. `labels` (one per dataset, ``id -> text``)
+    give the text under a thumbnail (default ``NAME #id``)."""
+    if labels is None:
+        labels = (lambda i: f"{names[0]} #{i}", lambda i: f"{names[1]} #{i}")
     get_a, get_b = _lookup(images_a), _lookup(images_b)
     groups, titles = [], []
     for side, only, ex, get in (("a", result.only_a, result.examples_a, get_a),
@@ -196,6 +209,6 @@ def shared_prototype_sheet(result: SharedPrototypes, images_a, images_b,
         return (get_a if side == "a" else get_b)(i)
 
     return contact_sheet(get, groups, path, titles=titles,
-                         captions=[[f"{names[0] if s == 'a' else names[1]} #{i}" for s, i in g]
+                         captions=[[labels[0 if s == "a" else 1](i) for s, i in g]
                                    for g in groups],
                          thumb_size=thumb_size, columns=columns)

@@ -6,7 +6,8 @@ below. Its order is the page's order (the demo's run record opens the page).
 
 from __future__ import annotations
 
-from . import compare, demo, discover, extract, layerstats, ood, probe, rosetta, visualize
+from . import (compare, curate, datasets, demo, discover, extract, layerstats, ood, probe,
+               rosetta, visualize)
 from .base import Facts, Section
 
 __all__ = ["SECTIONS", "Section", "Facts"]
@@ -21,4 +22,6 @@ SECTIONS: dict[str, Section] = {s.kind: s for s in (
     discover.SECTION,
     visualize.SECTION,
     layerstats.SECTION,
+    curate.SECTION,
+    datasets.SECTION,
 )}
