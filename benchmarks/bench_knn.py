@@ -23,12 +23,13 @@ for information only.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
 
-from zoolens.analyses.probes.knn import _default_chunk, knn_classify
+from _measure import Clock  # benchmarks/_measure.py
+from zoolens.analyses.probes.knn import knn_classify
+from zoolens.neighbors import default_chunk_size
 
 
 def make_data(n_train: int, n_test: int, dim: int, n_classes: int, spread: float, seed: int):
@@ -44,29 +45,13 @@ def make_data(n_train: int, n_test: int, dim: int, n_classes: int, spread: float
     return x_tr, y_tr, x_te, y_te
 
 
-class _Clock:
-    """Wall and process-CPU seconds of a block. The CPU figure is what to compare when other
-    jobs share the cores: time slices lost to them inflate wall time but not CPU time."""
-
-    def __enter__(self):
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall = time.perf_counter() - self.wall
-        self.cpu = time.process_time() - self.cpu
-
-    def __str__(self) -> str:
-        return f"{self.wall:8.2f} s wall {self.cpu:8.2f} s cpu"
-
-
-def bare_matmuls(x_tr: np.ndarray, x_te: np.ndarray, chunk: int, backend: str) -> _Clock:
+def bare_matmuls(x_tr: np.ndarray, x_te: np.ndarray, chunk: int, backend: str) -> Clock:
     """Wall and CPU seconds of the chunked similarity products alone ("numpy" or "torch")."""
     tr = torch.nn.functional.normalize(torch.from_numpy(x_tr), dim=1)
     te = torch.nn.functional.normalize(torch.from_numpy(x_te), dim=1)
     buf = torch.empty((min(chunk, te.shape[0]), tr.shape[0]), dtype=torch.float32)
     tr_np, te_np, buf_np = tr.numpy(), te.numpy(), buf.numpy()
-    with _Clock() as clock:
+    with Clock() as clock:
         for start in range(0, te.shape[0], chunk):
             rows = min(chunk, te.shape[0] - start)
             if backend == "numpy":
@@ -113,7 +98,7 @@ def main() -> None:
     n_test = max(1, int(args.n_test * args.scale))
     x_tr, y_tr, x_te, y_te = make_data(n_train, n_test, args.dim, args.classes, args.spread,
                                        args.seed)
-    chunk = args.chunk or _default_chunk(n_train, torch.device("cpu"))
+    chunk = args.chunk or default_chunk_size(n_train, torch.device("cpu"))
     print(f"data: train {x_tr.shape} test {x_te.shape} float32, {args.classes} classes, "
           f"k={args.k}, T={args.temperature}, chunk={chunk}, torch threads "
           f"{torch.get_num_threads()}")
@@ -129,7 +114,7 @@ def main() -> None:
     t_a = min(t_an, t_at, key=lambda t: t.cpu)  # the floor: the faster GEMM
 
     def run_b():
-        with _Clock() as clock:
+        with Clock() as clock:
             out = knn_classify(x_tr, y_tr, x_te, args.k, args.temperature,
                                chunk_size=args.chunk, device="cpu")
         return clock, out
@@ -150,13 +135,13 @@ def main() -> None:
         return
     from sklearn.neighbors import KNeighborsClassifier
 
-    with _Clock() as t_c:
+    with Clock() as t_c:
         sk = KNeighborsClassifier(n_neighbors=args.k, metric="cosine", algorithm="brute")
         pred_u = sk.fit(x_tr, y_tr).predict(x_te)
     print(f"(c) sklearn brute cosine, uniform {t_c}   top1 {np.mean(pred_u == y_te):.4f}")
 
     temp = args.temperature
-    with _Clock() as t_cw:
+    with Clock() as t_cw:
         sk_w = KNeighborsClassifier(n_neighbors=args.k, metric="cosine", algorithm="brute",
                                     weights=lambda dist: np.exp((1.0 - dist) / temp))
         pred_w = sk_w.fit(x_tr, y_tr).predict(x_te)

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 
 def _parse() -> argparse.Namespace:
@@ -67,21 +66,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 from zoolens.analyses.ood import knn, mahalanobis  # noqa: E402
 from zoolens.neighbors import _cpu_gemm, default_chunk_size  # noqa: E402
 
-
-class _Clock:
-    """Wall and process-CPU seconds of a block. The CPU figure is what to compare when other
-    jobs share the cores: time slices lost to them inflate wall time but not CPU time."""
-
-    def __enter__(self):
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall = time.perf_counter() - self.wall
-        self.cpu = time.process_time() - self.cpu
-
-    def __str__(self) -> str:
-        return f"{self.wall:8.2f} s wall {self.cpu:8.2f} s cpu"
+from _measure import Clock  # noqa: E402  (benchmarks/_measure.py)
 
 
 def make_data(n_train: int, n_test: int, dim: int, n_classes: int, spread: float, seed: int):
@@ -100,11 +85,11 @@ def unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)).astype(np.float32)
 
 
-def bare_matmuls(tr: np.ndarray, te: np.ndarray, chunk: int, backend: str) -> _Clock:
+def bare_matmuls(tr: np.ndarray, te: np.ndarray, chunk: int, backend: str) -> Clock:
     """The chunked similarity products alone ("numpy" or "torch"), on normalised rows."""
     buf = np.empty((min(chunk, len(te)), len(tr)), dtype=np.float32)
     tr_t, te_t, buf_t = torch.from_numpy(tr), torch.from_numpy(te), torch.from_numpy(buf)
-    with _Clock() as clock:
+    with Clock() as clock:
         for start in range(0, len(te), chunk):
             rows = min(chunk, len(te) - start)
             if backend == "numpy":
@@ -154,7 +139,7 @@ def main() -> None:
     tr_n, te_n = unit(x_tr), unit(x_te)
 
     def run_b():
-        with _Clock() as clock:
+        with Clock() as clock:
             out = knn(x_tr, x_te, args.k, chunk_size=args.chunk, device="cpu")
         return clock, out
 
@@ -187,7 +172,7 @@ def main() -> None:
         faiss.omp_set_num_threads(args.threads)
 
         def run_c():
-            with _Clock() as clock:
+            with Clock() as clock:
                 index = faiss.IndexFlatL2(tr_n.shape[1])
                 index.add(tr_n)
                 dist, _ = index.search(te_n, args.k)
@@ -203,7 +188,7 @@ def main() -> None:
     if args.skip_mahalanobis:
         return
     for relative in (False, True):
-        with _Clock() as t_d:
+        with Clock() as t_d:
             conf_d = mahalanobis(x_tr, y_tr, x_te, relative=relative)
         name = "RMDS (relative=True)" if relative else "mahalanobis"
         print(f"(d) zoolens ood.{name:22s}{t_d}")

@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _memory import peak_rss_mb, rss_mb  # benchmarks/_memory.py
+from _measure import peak_rss_mb, rss_mb  # benchmarks/_measure.py
 
 C_A, C_B, RES, RES_B, BATCH = 256, 512, 16, 8, 32
 

@@ -41,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _memory import peak_rss_mb, rss_mb  # benchmarks/_memory.py
+from _measure import peak_rss_mb, rss_mb  # benchmarks/_measure.py
 
 METHODS = ("streaming", "corrcoef", "matmul")
 
@@ -84,6 +84,7 @@ def forward(specs: list[str], selectors: list[str], n_images: int, batch: int,
     import zoolens
     from zoolens.analyses.rosetta import default_resolution
     from zoolens.engine import run
+    from zoolens.sinks import Need
     from zoolens.sources import open_source
 
     import torch
@@ -95,10 +96,10 @@ def forward(specs: list[str], selectors: list[str], n_images: int, batch: int,
     if resolution is None:
         resolution = default_resolution(models, layers)
     source = open_source(f"synthetic:scenes?n={n_images}&size=224&seed=0")
-    request = {name: {layer: {"none"} for layer in ls} for name, ls in layers.items()}
+    need = Need.of(layers, "none")
     sink = _SaveMaps(folder, layers)
     sink._mark = time.perf_counter()
-    summary = run(models, source, request, [sink], batch_size=batch, num_workers=0,
+    summary = run(models, source, need, [sink], batch_size=batch, num_workers=0,
                   progress=False)
     if summary.skipped:
         raise RuntimeError(f"images skipped: {summary.skipped}")
