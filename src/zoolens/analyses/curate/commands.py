@@ -31,13 +31,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import logging
 import math
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
@@ -47,6 +46,7 @@ from ...neighbors import inverse_norms
 from ...sources import ImageSource, open_source
 from ...zoo.model import Model
 from ...zoo.registry import as_models
+from ..result import AnalysisResult
 from .compare import DatasetComparison, compare_datasets
 from .dedup import KEEP_RULES, DedupResult, deduplicate
 from .features import ImageSet, check_layer, check_pool, decoded_sizes, image_set
@@ -85,7 +85,7 @@ def _plain(v: Any) -> Any:
 
 
 @dataclass
-class CurateResult:
+class CurateResult(AnalysisResult):
     """What a curate step found, and where it wrote it.
 
     Attributes:
@@ -112,7 +112,7 @@ class CurateResult:
     files: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
 
-    analysis = "curate"
+    analysis: ClassVar[str] = "curate"
 
     def summary(self) -> str:
         c = self.counts
@@ -134,13 +134,12 @@ class CurateResult:
                 "files": dict(self.files), "skipped": _plain(self.skipped),
                 "notes": list(self.notes), "result": self.result.to_dict()}
 
-    def to_json(self, indent: int | None = None) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+    @classmethod
+    def derived_keys(cls) -> tuple[str, ...]:
+        return ("summary",)
 
     @classmethod
     def from_dict(cls, d: dict) -> "CurateResult":
-        if d.get("analysis") != cls.analysis:
-            raise InputError(f"from_dict: not a {cls.analysis} result")
         step = d["step"]
         kind = {"dedup": DedupResult, "sample": BalancedSample, "prototypes": Prototypes,
                 "retrieve": ClusterRetrieval if d.get("settings", {}).get("mode") == "clusters"
@@ -150,13 +149,9 @@ class CurateResult:
                    skipped=d.get("skipped", {}), files=d.get("files", {}),
                    notes=d.get("notes", []))
 
-    @classmethod
-    def from_json(cls, s: str | bytes) -> "CurateResult":
-        return cls.from_dict(json.loads(s))
-
 
 @dataclass
-class DatasetsResult:
+class DatasetsResult(AnalysisResult):
     """How two image sets differ (`datasets`); the fields as in `CurateResult`, with
     `comparison` the `DatasetComparison` (prototype examples as source positions of each set)
     and `names` the two sets' names."""
@@ -170,7 +165,7 @@ class DatasetsResult:
     files: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
 
-    analysis = "datasets"
+    analysis: ClassVar[str] = "datasets"
 
     def summary(self) -> str:
         c, (a, b) = self.counts, self.names
@@ -188,22 +183,17 @@ class DatasetsResult:
                 "files": dict(self.files), "skipped": _plain(self.skipped),
                 "notes": list(self.notes), "result": self.comparison.to_dict()}
 
-    def to_json(self, indent: int | None = None) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+    @classmethod
+    def derived_keys(cls) -> tuple[str, ...]:
+        return ("summary",)
 
     @classmethod
     def from_dict(cls, d: dict) -> "DatasetsResult":
-        if d.get("analysis") != cls.analysis:
-            raise InputError(f"from_dict: not a {cls.analysis} result")
         return cls(comparison=DatasetComparison.from_dict(d["result"]),
                    names=tuple(d.get("names", ("A", "B"))), counts=d.get("counts", {}),
                    tables=d.get("tables", {}), settings=d.get("settings", {}),
                    skipped=d.get("skipped", {}), files=d.get("files", {}),
                    notes=d.get("notes", []))
-
-    @classmethod
-    def from_json(cls, s: str | bytes) -> "DatasetsResult":
-        return cls.from_dict(json.loads(s))
 
 
 # ----------------------------------------------------------------------------------------------
