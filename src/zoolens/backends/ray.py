@@ -56,7 +56,7 @@ import pickle
 import socket
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, ClassVar, Iterable, Sequence
 
 import numpy as np
