@@ -143,9 +143,9 @@ def make_results(root: Path, cnn_file: Path) -> Path:
 
 def _write_ood(root: Path, cnn: str) -> None:
     """A real (tiny) OOD run: scenes with shapes the training scenes never show."""
-    from zoolens.analyses.ood import ood
+    from zoolens.analyses.ood import evaluate
 
-    ood(cnn, SCENES, "synthetic:scenes?n=8&size=32&seed=1",
+    evaluate(cnn, SCENES, "synthetic:scenes?n=8&size=32&seed=1",
         {"stars": "synthetic:scenes?n=6&size=32&seed=2&shapes=star,ring"},
         methods="knn,feature_norm", k=3, out=root, pretrained=False, num_workers=0,
         progress=False, batch_size=8)

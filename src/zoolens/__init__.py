@@ -1,11 +1,10 @@
 """zoolens: look inside a zoo of pretrained vision models."""
 
-from .analyses import curate
+from .analyses import curate, ood
 from .analyses.discovery import discover, maskcut, ncut, visualize
 from .analyses.probes import knn_classify, logme, probe, zeroshot_classifier, zeroshot_scores
 from .analyses.rosetta import rosetta
 from .analyses.layerstats import layerstats
-from .analyses.ood import ood
 from .analyses.similarity import compare
 from .analyses.similarity import linear_cka as cka
 from .analyses.similarity import mutual_knn, unbiased_cka

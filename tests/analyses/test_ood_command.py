@@ -1,4 +1,4 @@
-"""`ood()` and `zoolens ood` end to end on planted data: a `file:` model that maps flat images
+"""`zoolens.ood.evaluate()` and `zoolens ood` end to end on planted data: a `file:` model that maps flat images
 far from textured scenes. Every row is recomputed here from the stored features; the best
 choice, its threshold and `score()` are checked against their definitions."""
 
@@ -14,8 +14,9 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from zoolens.analyses.ood import (METHODS, OODResult, check_methods, default_vim_dim,
-                                  deployment_threshold, energy, feature_norm, knn, mahalanobis,
-                                  max_logit, metrics, msp, negative_aware_norm, ood, score, vim)
+                                  deployment_threshold, energy, evaluate, feature_norm, knn,
+                                  mahalanobis, max_logit, metrics, msp, negative_aware_norm,
+                                  score, vim)
 from zoolens.analyses.ood.evaluation import split_source_name
 from zoolens.cli import app
 from zoolens.errors import InputError
@@ -81,7 +82,7 @@ def flat_folder(tmp_path_factory):
 def run(tmp_path_factory, zoo, flat_folder):
     out = tmp_path_factory.mktemp("ood_run")
     sets = {"flat": TensorSource(_flat(12, 3)), "grey": str(flat_folder)}
-    result = ood([zoo["planted"], zoo["headless"]], TRAIN, ID_TEST, sets, k=K, out=out,
+    result = evaluate([zoo["planted"], zoo["headless"]], TRAIN, ID_TEST, sets, k=K, out=out,
                  pretrained=False, **FAST)
     return out, result
 
@@ -229,7 +230,7 @@ def test_notes_say_what_was_skipped_and_why(run):
 def test_a_second_run_extracts_nothing(run, zoo, flat_folder, forward_calls):
     out, first = run
     try:
-        again = ood([zoo["planted"], zoo["headless"]], TRAIN, ID_TEST,
+        again = evaluate([zoo["planted"], zoo["headless"]], TRAIN, ID_TEST,
                     {"flat": TensorSource(_flat(12, 3)), "grey": str(flat_folder)},
                     methods="knn,energy", k=K, out=out, pretrained=False, plot=False, **FAST)
     finally:  # leave the module's run as the other tests expect it
@@ -261,7 +262,7 @@ def test_score_new_images_with_the_best_choice(run, zoo):
 @pytest.mark.parametrize("method", ["knn", "vim"])
 def test_score_reproduces_the_run_for_other_choices(tmp_path, zoo, method):
     sets = {"flat": TensorSource(_flat(12, 3))}
-    result = ood(zoo["planted"], TRAIN, ID_TEST, sets, methods=method, layers="1", k=K,
+    result = evaluate(zoo["planted"], TRAIN, ID_TEST, sets, methods=method, layers="1", k=K,
                  out=tmp_path, pretrained=False, plot=False, **FAST)
     assert result.best["method"] == method
     scores = score(tmp_path, ID_TEST, num_workers=0, progress=False, store=tmp_path / "new")
@@ -304,13 +305,13 @@ def test_errors_name_the_input(tmp_path, zoo):
     base = dict(out=tmp_path, pretrained=False, **FAST)
     with pytest.raises(InputError, match="nothing could be scored: energy: skipped headless: "
                                          "it has no classification head"):
-        ood(zoo["headless"], TRAIN, ID_TEST, TensorSource(_flat(4, 0)), methods="energy", **base)
+        evaluate(zoo["headless"], TRAIN, ID_TEST, TensorSource(_flat(4, 0)), methods="energy", **base)
     with pytest.raises(InputError, match=r"methods 'knn,svm': unknown 'svm'; use any of knn"):
-        ood(zoo["planted"], TRAIN, ID_TEST, TensorSource(_flat(4, 0)), methods="knn,svm", **base)
+        evaluate(zoo["planted"], TRAIN, ID_TEST, TensorSource(_flat(4, 0)), methods="knn,svm", **base)
     with pytest.raises(InputError, match="two sets are named 'a'"):
-        ood(zoo["planted"], TRAIN, ID_TEST, ["a=" + ID_TEST, "a=" + TRAIN], **base)
+        evaluate(zoo["planted"], TRAIN, ID_TEST, ["a=" + ID_TEST, "a=" + TRAIN], **base)
     with pytest.raises(InputError, match="needs out=DIR"):
-        ood(zoo["planted"], TRAIN, ID_TEST, ID_TEST)
+        evaluate(zoo["planted"], TRAIN, ID_TEST, ID_TEST)
     assert check_methods("all") == list(METHODS)
     assert check_methods(["KNN", " vim", "knn"]) == ["knn", "vim"]
 

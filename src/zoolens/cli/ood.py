@@ -63,7 +63,7 @@ def ood(model: Models,
     Mahalanobis, RMDS, feature norms; energy, MSP, max logit and ViM for classifiers) scored
     by AUROC, AUPR and FPR@95 on each OOD set; the best choice and a threshold keeping 95% of
     the in-distribution test images. Features are extracted once into OUT/features."""
-    from ..analyses.ood import ood as run_ood
+    from ..analyses.ood import evaluate as run_ood
     from ..analyses.ood.evaluation import check_methods
     from ..errors import InputError
 

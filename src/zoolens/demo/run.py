@@ -138,7 +138,7 @@ def run_demo(out: str | Path = "zoolens-demo", *, images: int = 64, device=None,
     import zoolens
     from ..backends import resolve_backend
     from ..analyses.discovery import discover
-    from ..analyses.ood import ood
+    from ..analyses.ood import evaluate as detect_ood
     from ..analyses.similarity import compare
     from ..report.html import build_report
     from .scoring import score_concepts
@@ -211,7 +211,7 @@ def run_demo(out: str | Path = "zoolens-demo", *, images: int = 64, device=None,
                          "(pip install scikit-image adds its sample photographs as an OOD set)")
         log.warning(ood_notes[-1])
     # k = 10: the k-NN paper's k = 50 is for 50,000 training images; here there are 256
-    detected = ood([models["classifier"], models["ssl_vit"]],
+    detected = detect_ood([models["classifier"], models["ssl_vit"]],
                    f"synthetic:scenes?n={4 * images}&size=64&seed={_SEEDS['train']}",
                    f"synthetic:scenes?n={2 * images}&size=64&seed={_SEEDS['test']}", ood_sets,
                    k=10, num_workers=0, progress=progress, out=out / "ood")

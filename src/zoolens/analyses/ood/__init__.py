@@ -8,19 +8,19 @@ class. See `scores` and `metrics` for the definitions and the papers.
     conf_ood = knn(train_feats, ood_feats, k=50)
     metrics(conf_id, conf_ood).auroc
 
-`ood(models, train, id, ood, out=...)` scores every model, layer and method from feature
+`evaluate(models, train, id, ood, out=...)` scores every model, layer and method from feature
 stores and picks the best choice and its deployment threshold (`evaluation`);
 `score(out, images)` scores new images with that choice (`deploy`).
 """
 
 from .deploy import OODScores, score
 from .evaluation import (FEATURE_METHODS, LOGIT_METHODS, METHODS, OODResult, check_methods,
-                         confidences, default_vim_dim, deployment_threshold, ood)
+                         confidences, default_vim_dim, deployment_threshold, evaluate)
 from .metrics import OODMetrics, metrics, roc_curve
 from .scores import (energy, feature_norm, knn, mahalanobis, max_logit, msp, negative_aware_norm,
                      vim)
 
 __all__ = ["knn", "mahalanobis", "energy", "msp", "max_logit", "vim", "feature_norm",
-           "negative_aware_norm", "metrics", "roc_curve", "OODMetrics", "ood", "OODResult",
+           "negative_aware_norm", "metrics", "roc_curve", "OODMetrics", "evaluate", "OODResult",
            "score", "OODScores", "confidences", "deployment_threshold", "default_vim_dim",
            "check_methods", "METHODS", "FEATURE_METHODS", "LOGIT_METHODS"]

@@ -1,4 +1,4 @@
-"""Scoring new images with the choice an `ood()` run made.
+"""Scoring new images with the choice an `evaluate()` run made.
 
 `score(ood_dir, images)` reloads the best (model, layer, method) of ``ood_dir/ood.json`` (the
 model from its spec, checked against the weights fingerprint the run recorded), extracts that
@@ -31,7 +31,7 @@ __all__ = ["score", "OODScores"]
 
 @dataclass
 class OODScores:
-    """Confidences of new images under an `ood()` run's best choice.
+    """Confidences of new images under an `evaluate()` run's best choice.
 
     Attributes:
         ids: the images that could be used, in source order.
@@ -64,7 +64,7 @@ class OODScores:
 def score(ood_dir: str | Path, images, *, model: Model | str | None = None,
           store: str | Path | None = None, batch_size: int = 32, device=None,
           num_workers: int | None = None, progress: bool = True) -> OODScores:
-    """Score `images` with the best (model, layer, method) of the `ood()` run in `ood_dir`.
+    """Score `images` with the best (model, layer, method) of the `evaluate()` run in `ood_dir`.
 
     Args:
         ood_dir: the run's output folder (``ood.json`` and ``features/``).

@@ -1,4 +1,5 @@
-"""`ood()`: how well each model, layer and method tells in-distribution images from others.
+"""`evaluate()` (``zoolens.ood.evaluate``): how well each model, layer and method tells
+in-distribution images from others.
 
 Extract once, score many ways. Per model and split (the training images, the in-distribution
 test images, each OOD set) one feature store is made, reused or resumed with
@@ -80,7 +81,7 @@ from .metrics import metrics
 from .scores import (energy, feature_norm, knn, mahalanobis, max_logit, msp, negative_aware_norm,
                      vim)
 
-__all__ = ["ood", "OODResult", "METHODS", "FEATURE_METHODS", "LOGIT_METHODS", "check_methods",
+__all__ = ["evaluate", "OODResult", "METHODS", "FEATURE_METHODS", "LOGIT_METHODS", "check_methods",
            "default_vim_dim", "deployment_threshold", "split_source_name", "confidences"]
 
 log = logging.getLogger("zoolens")
@@ -454,7 +455,7 @@ def _skip_notes(model: Model, methods: list[str], labelled: int, notes: list[str
 # the analysis
 
 
-def ood(models, train, id, ood, *, layers="blocks", methods: str | Sequence[str] = "all",
+def evaluate(models, train, id, ood, *, layers="blocks", methods: str | Sequence[str] = "all",
         k: int = 50, vim_dim: int | None = None, keep: float = 0.95,
         out: str | Path | None = None, pretrained: bool = True, seed: int = 0,
         batch_size: int = 32, device=None, num_workers: int | None = None,

@@ -1,4 +1,4 @@
-"""The figures of `ood()`: matplotlib `Figure` objects (no pyplot state), saved as PNGs.
+"""The figures of `evaluate()`: matplotlib `Figure` objects (no pyplot state), saved as PNGs.
 
 - `auroc_heatmap`: one model's mean AUROC (over the OOD sets) per layer and method;
 - `curves_figure`: per model, the ROC curves and ID vs OOD confidence histograms of its best
