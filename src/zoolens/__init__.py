@@ -1,27 +1,30 @@
-"""zoolens: look inside a zoo of pretrained vision models."""
+"""zoolens: look inside a zoo of pretrained vision models.
 
-from .analyses import curate, ood
-from .analyses.discovery import discover, maskcut, ncut, visualize
-from .analyses.probes import knn_classify, logme, probe, zeroshot_classifier, zeroshot_scores
-from .analyses.rosetta import rosetta
-from .analyses.layerstats import layerstats
-from .analyses.similarity import compare
-from .analyses.similarity import linear_cka as cka
-from .analyses.similarity import mutual_knn, unbiased_cka
-from .backends import LocalBackend, RayBackend
+Everything below is imported on first use (see `zoolens._lazy`): `import zoolens` is light,
+and `zoolens.load`, `zoolens.rosetta`, `zoolens.curate` ... load what they need."""
+
+from ._lazy import lazy_exports
 from .errors import (BackendError, InputError, NotFittedError, UnknownLayerError,
                      UnknownModelError, ZoolensError)
-from .extract import extract
-from .sources import open_source
-from .sinks import Batch, Need, Sink
-from .store import Store, open_store
-from .zoo import Model, list_models, load
 
 __version__ = "0.1.0"
-__all__ = ["load", "list_models", "Model", "extract", "open_store", "Store", "open_source",
-           "rosetta", "compare", "probe", "ood", "curate", "layerstats", "discover",
-           "visualize",
-           "knn_classify", "zeroshot_classifier", "zeroshot_scores", "cka", "unbiased_cka",
-           "mutual_knn", "logme", "ncut", "maskcut", "Sink", "Need", "Batch",
-           "ZoolensError", "UnknownModelError", "UnknownLayerError", "InputError",
-           "NotFittedError", "BackendError", "LocalBackend", "RayBackend"]
+
+_EXPORTS = {
+    "load": ".zoo", "list_models": ".zoo", "Model": ".zoo",
+    "extract": ".extract", "open_store": ".store", "Store": ".store",
+    "open_source": ".sources", "Sink": ".sinks", "Need": ".sinks", "Batch": ".sinks",
+    "LocalBackend": ".backends", "RayBackend": ".backends",
+    "rosetta": ".analyses.rosetta", "compare": ".analyses.similarity",
+    "probe": ".analyses.probes", "layerstats": ".analyses.layerstats",
+    "discover": ".analyses.discovery", "visualize": ".analyses.discovery",
+    "ood": ".analyses.ood:", "curate": ".analyses.curate:",
+    "knn_classify": ".analyses.probes", "zeroshot_classifier": ".analyses.probes",
+    "zeroshot_scores": ".analyses.probes", "logme": ".analyses.probes",
+    "cka": ".analyses.similarity:linear_cka", "unbiased_cka": ".analyses.similarity",
+    "mutual_knn": ".analyses.similarity", "ncut": ".analyses.discovery",
+    "maskcut": ".analyses.discovery",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+__all__ = [*_EXPORTS, "ZoolensError", "UnknownModelError", "UnknownLayerError", "InputError",
+           "NotFittedError", "BackendError"]

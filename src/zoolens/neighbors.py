@@ -48,7 +48,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from ._validation import as_features
+from ._validation import as_features, inverse_norms  # noqa: F401  (public here too)
 from .errors import InputError
 from .zoo.registry import resolve_device
 
@@ -80,29 +80,6 @@ def default_chunk_size(n_base: int, device: torch.device) -> int:
     between 64 and 4096 rows."""
     budget = _CHUNK_BYTES_CUDA if device.type == "cuda" else _CHUNK_BYTES_CPU
     return int(min(4096, max(64, budget // (4 * max(n_base, 1)))))
-
-
-def inverse_norms(x: np.ndarray, name: str = "x", *, block_bytes: int = 64 * 2**20) -> np.ndarray:
-    """(n,) float64 1 / L2 norm of every row of `x` (n, d), computed block by block (no float64
-    copy of `x`).
-
-    Raises InputError naming the first all-zero row: a zero vector has no direction, and a
-    caller that needs cosine similarities exactly (deduplication, k-means on the sphere) must
-    not rank it as "similarity 0 to everything".
-    """
-    n, d = x.shape
-    out = np.empty(n, dtype=np.float64)
-    rows = max(1, block_bytes // (8 * max(d, 1)))
-    for s in range(0, n, rows):
-        b = x[s:s + rows].astype(np.float64)
-        out[s:s + rows] = np.einsum("ij,ij->i", b, b)
-    zero = np.flatnonzero(out == 0)
-    if zero.size:
-        raise InputError(f"{name}: row {int(zero[0])} is all zeros ({zero.size} such rows); "
-                         "a zero vector has no cosine similarity, drop or replace it")
-    np.sqrt(out, out=out)
-    np.divide(1.0, out, out=out)
-    return out
 
 
 def _normalize(x: np.ndarray, name: str, device: torch.device, stacklevel: int = 4) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Near-duplicate search, groups, keep rules and decontamination (zoolens.analyses.curate.dedup).
+"""Near-duplicate search, groups, keep rules and decontamination (zoolens.analyses.curate.duplicates).
 
 Every answer is checked against an independent float64 computation: the full (n, n) cosine
 matrix of the same rows, thresholded, and a plain union-find for the groups.
@@ -15,7 +15,7 @@ from PIL import Image, ImageEnhance
 
 from zoolens.analyses.curate import (contact_sheet, dedup_sheet, deduplicate, duplicate_groups,
                                      near_duplicate_pairs, reference_matches)
-from zoolens.analyses.curate.dedup import DedupResult, cosine_error_bound
+from zoolens.analyses.curate.duplicates import DedupResult, cosine_error_bound
 from zoolens.errors import InputError
 
 # ----------------------------------------------------------------------------------------------

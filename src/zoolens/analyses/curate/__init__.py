@@ -1,14 +1,14 @@
 """Curation and dataset comparison on embeddings: the steps DINOv2 used to build LVD-142M, as a
 library, exact, in bounded memory and deterministic for a seed.
 
-- `deduplicate` / `near_duplicate_pairs` / `reference_matches` (dedup.py): every pair above a
+- `deduplicate` / `near_duplicate_pairs` / `reference_matches` (duplicates.py): every pair above a
   cosine threshold, found exactly with cluster pruning; groups as connected components; one
   image kept per group; decontamination against a reference set.
-- `kmeans` / `hierarchical_kmeans` (kmeans.py) and `balanced_sample` / `water_fill`
-  (sample.py): ssl-data-curation's hierarchical k-means with resampling and the top-down
+- `kmeans` / `hierarchical_kmeans` (clustering.py) and `balanced_sample` / `water_fill`
+  (sampling.py): ssl-data-curation's hierarchical k-means with resampling and the top-down
   water-filling sampler, seeded.
-- `retrieve_nearest` / `retrieve_by_clusters` (retrieve.py): pool images close to a query set.
-- `prototypes` (prototypes.py): k-means centroids, medoids and sizes.
+- `retrieve_nearest` / `retrieve_by_clusters` (retrieval.py): pool images close to a query set.
+- `prototypes` (centroids.py): k-means centroids, medoids and sizes.
 - `frechet_distance` / `prdc` / `shared_prototypes` / `compare_datasets` (compare.py).
 - `contact_sheet` and the result sheets (sheet.py): PNG contact sheets.
 
@@ -21,22 +21,32 @@ function, and write ``curate.json`` / ``datasets.json``, CSVs of the ids to keep
 sheet.
 """
 
-from .compare import (PRDC, DatasetComparison, SharedPrototypes, compare_datasets,
-                      feature_moments, frechet_distance, frechet_distance_from_moments, prdc,
-                      shared_prototypes)
-from .commands import (RETRIEVE_MODES, STEPS, CurateResult, DatasetsResult, datasets, dedup,
-                       find_prototypes, retrieve, sample)
-from .dedup import (KEEP_RULES, DedupResult, DuplicatePairs, ReferenceMatches,
-                    cosine_error_bound, deduplicate, duplicate_groups, near_duplicate_pairs,
-                    reference_matches)
-from .kmeans import (HierarchicalKMeans, KMeansResult, assign_clusters, hierarchical_kmeans,
-                     kmeans)
-from .prototypes import Prototypes, medoids, prototypes
-from .retrieve import ClusterRetrieval, Retrieval, retrieve_by_clusters, retrieve_nearest
-from .sample import BalancedSample, balanced_sample, water_fill
-from .features import ImageSet, default_layer, image_set
-from .sheet import (contact_sheet, dedup_sheet, prototype_sheet, shared_prototype_sheet,
-                    to_pil)
+from ..._lazy import lazy_exports
+
+# each name is imported from its module on first use: dedup on NumPy embeddings never
+# imports torch (`zoolens._lazy`)
+_EXPORTS = {
+    "PRDC": ".compare", "DatasetComparison": ".compare", "SharedPrototypes": ".compare",
+    "compare_datasets": ".compare", "feature_moments": ".compare", "frechet_distance": ".compare",
+    "frechet_distance_from_moments": ".compare", "prdc": ".compare",
+    "shared_prototypes": ".compare",
+    "RETRIEVE_MODES": ".commands", "STEPS": ".commands", "CurateResult": ".commands",
+    "DatasetsResult": ".commands", "datasets": ".commands", "dedup": ".commands",
+    "find_prototypes": ".commands", "retrieve": ".commands", "sample": ".commands",
+    "KEEP_RULES": ".duplicates", "DedupResult": ".duplicates", "DuplicatePairs": ".duplicates",
+    "ReferenceMatches": ".duplicates", "cosine_error_bound": ".duplicates", "deduplicate": ".duplicates",
+    "duplicate_groups": ".duplicates", "near_duplicate_pairs": ".duplicates", "reference_matches": ".duplicates",
+    "HierarchicalKMeans": ".clustering", "KMeansResult": ".clustering", "assign_clusters": ".clustering",
+    "hierarchical_kmeans": ".clustering", "kmeans": ".clustering",
+    "Prototypes": ".centroids", "medoids": ".centroids", "prototypes": ".centroids",
+    "ClusterRetrieval": ".retrieval", "Retrieval": ".retrieval",
+    "retrieve_by_clusters": ".retrieval", "retrieve_nearest": ".retrieval",
+    "BalancedSample": ".sampling", "balanced_sample": ".sampling", "water_fill": ".sampling",
+    "ImageSet": ".features", "default_layer": ".features", "image_set": ".features",
+    "contact_sheet": ".sheet", "dedup_sheet": ".sheet", "prototype_sheet": ".sheet",
+    "shared_prototype_sheet": ".sheet", "to_pil": ".sheet",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     # dedup

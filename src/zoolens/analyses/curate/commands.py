@@ -48,12 +48,12 @@ from ...zoo.model import Model
 from ...zoo.registry import as_models
 from ..result import AnalysisResult
 from .compare import DatasetComparison, compare_datasets
-from .dedup import KEEP_RULES, DedupResult, deduplicate
+from .duplicates import KEEP_RULES, DedupResult, deduplicate
 from .features import ImageSet, check_layer, check_pool, decoded_sizes, image_set
-from .kmeans import hierarchical_kmeans, kmeans
-from .prototypes import Prototypes, prototypes
-from .retrieve import ClusterRetrieval, Retrieval, retrieve_by_clusters, retrieve_nearest
-from .sample import BalancedSample, balanced_sample
+from .clustering import hierarchical_kmeans, kmeans
+from .centroids import Prototypes, prototypes
+from .retrieval import ClusterRetrieval, Retrieval, retrieve_by_clusters, retrieve_nearest
+from .sampling import BalancedSample, balanced_sample
 from .sheet import contact_sheet, dedup_sheet, prototype_sheet, shared_prototype_sheet
 
 __all__ = ["CurateResult", "DatasetsResult", "dedup", "sample", "retrieve", "find_prototypes",

@@ -30,8 +30,8 @@ from ..._validation import as_features
 from ...errors import InputError
 from ...neighbors import top_k_similar
 from ._result import ResultMixin, _float_array, _int_array, array_field
-from .kmeans import BLOCK_BYTES, KMeansResult, kmeans
-from .prototypes import medoids
+from .clustering import BLOCK_BYTES, KMeansResult, kmeans
+from .centroids import medoids
 
 __all__ = ["feature_moments", "frechet_distance", "frechet_distance_from_moments", "PRDC",
            "prdc", "SharedPrototypes", "shared_prototypes", "DatasetComparison",

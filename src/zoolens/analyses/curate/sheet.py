@@ -15,8 +15,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ...errors import InputError
 from .compare import SharedPrototypes
-from .dedup import DedupResult
-from .prototypes import Prototypes
+from .duplicates import DedupResult
+from .centroids import Prototypes
 
 __all__ = ["contact_sheet", "dedup_sheet", "prototype_sheet", "shared_prototype_sheet",
            "to_pil"]

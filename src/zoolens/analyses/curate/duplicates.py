@@ -58,11 +58,10 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from ..._validation import as_features
+from ..._validation import as_features, inverse_norms
 from ...errors import InputError
-from ...neighbors import inverse_norms
 from ._result import ResultMixin, _float_array, _int_array, _int_arrays, array_field
-from .kmeans import BLOCK_BYTES, kmeans
+from .clustering import BLOCK_BYTES, kmeans
 
 __all__ = ["KEEP_RULES", "DuplicatePairs", "ReferenceMatches", "DedupResult",
            "near_duplicate_pairs", "reference_matches", "duplicate_groups", "deduplicate",

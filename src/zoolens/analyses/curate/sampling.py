@@ -21,7 +21,7 @@ import numpy as np
 from ..._validation import as_labels
 from ...errors import InputError
 from ._result import ResultMixin, _int_array, array_field
-from .kmeans import HierarchicalKMeans
+from .clustering import HierarchicalKMeans
 
 __all__ = ["water_fill", "BalancedSample", "balanced_sample"]
 

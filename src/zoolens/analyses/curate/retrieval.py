@@ -21,7 +21,7 @@ from ..._validation import as_features
 from ...errors import InputError
 from ...neighbors import inverse_norms, top_k_similar
 from ._result import ResultMixin, _float_array, _int_array, array_field
-from .kmeans import BLOCK_BYTES, KMeansResult, assign_clusters, kmeans
+from .clustering import BLOCK_BYTES, KMeansResult, assign_clusters, kmeans
 
 __all__ = ["Retrieval", "ClusterRetrieval", "retrieve_nearest", "retrieve_by_clusters"]
 

@@ -23,9 +23,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..._validation import as_features
+from ..._validation import as_features, inverse_norms
 from ...errors import InputError
-from ...neighbors import inverse_norms
 from ._result import ResultMixin, _float_array, _int_array, array_field
 
 __all__ = ["BLOCK_BYTES", "KMeansResult", "HierarchicalKMeans", "kmeans", "assign_clusters",

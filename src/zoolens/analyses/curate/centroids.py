@@ -8,7 +8,7 @@ import numpy as np
 
 from ...errors import InputError
 from ._result import ResultMixin, _float_array, _int_array, array_field
-from .kmeans import BLOCK_BYTES, KMeansResult, kmeans
+from .clustering import BLOCK_BYTES, KMeansResult, kmeans
 
 __all__ = ["Prototypes", "prototypes", "medoids"]
 
