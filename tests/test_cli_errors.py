@@ -170,3 +170,46 @@ def test_every_command_that_runs_models_takes_the_backend_flags(command):
     for flag in ("--backend", "--address", "--gpus-per-worker"):
         assert flag in res.output, (command, flag)
     assert ("--workers" in res.output) == (command != "demo")
+
+
+def test_a_block_slice_past_the_end_is_an_error_not_all_blocks():
+    import zoolens
+    from zoolens.errors import UnknownLayerError
+
+    model = zoolens.load(VIT, pretrained=False)
+    assert model.select("blocks[-2:]") == ["blocks.0", "blocks.1"]
+    with pytest.raises(UnknownLayerError, match=r"has 2 blocks \(indices -2..1\)"):
+        model.select("blocks[-99:]")
+    with pytest.raises(UnknownLayerError, match="has 2 blocks"):
+        model.select("blocks[5]")
+
+
+def test_small_runs_keep_finished_chunks():
+    from zoolens.store import default_chunk_size
+
+    assert default_chunk_size(100, 32) == 32  # 4 chunks: an interruption keeps the first ones
+    assert default_chunk_size(5000, 32) == 256
+    assert default_chunk_size(40, 4) == 8
+
+
+def test_rerunning_leaves_no_stale_outputs(tmp_path, tiny_cnn_file):
+    """A store started over drops the old extraction's arrays; a Rosetta rerun drops concept
+    figures the new run did not draw."""
+    spec = f"file:{tiny_cnn_file}:tiny_cnn"
+    base = ["extract", "-m", spec, "-i", synthetic(4, 32), "-o", str(tmp_path / "s"),
+            "--no-pretrained", "--workers", "0"]
+    assert runner.invoke(app, base + ["-l", "0,2"]).exit_code == 0
+    old = {p.name for p in (tmp_path / "s").rglob("*.npy")}
+    assert runner.invoke(app, base + ["-l", "3", "--overwrite"]).exit_code == 0
+    new = {p.name for p in (tmp_path / "s").rglob("*.npy")}
+    assert new == {"3.mean.npy", "sizes.npy"} and old - new == {"0.mean.npy", "2.mean.npy"}
+
+    out = tmp_path / "r"
+    args = ["rosetta", "-m", spec, "-m", VIT, "-i", synthetic(8, 32), "-l", "blocks", "-o",
+            str(out), "--no-pretrained", "--workers", "0", "--relaxed"]
+    assert runner.invoke(app, args + ["--concepts", "3"]).exit_code == 0
+    drawn = sorted(p.name for p in (out / "concepts").glob("concept_*.png"))
+    assert len(drawn) >= 2, drawn
+    (out / "concepts" / "concept_99.png").write_bytes(b"stale")  # as an older run left it
+    assert runner.invoke(app, args + ["--concepts", "1"]).exit_code == 0
+    assert sorted(p.name for p in (out / "concepts").glob("concept_*.png")) == drawn[:1]
