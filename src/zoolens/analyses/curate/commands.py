@@ -84,8 +84,40 @@ def _plain(v: Any) -> Any:
     return v
 
 
+@dataclass(kw_only=True)
+class _ImageSetResult(AnalysisResult):
+    """The fields every curate step and `datasets` share: counts, tables, settings, skipped
+    images, files written and notes (see `CurateResult`)."""
+
+    counts: dict = field(default_factory=dict)
+    tables: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+    skipped: dict = field(default_factory=dict)
+    files: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+    def _n_skipped(self) -> str:
+        n = sum(len(v) for v in self.skipped.values())
+        return f"; {n} image(s) skipped (skipped.csv)" if n else ""
+
+    def _shared_dict(self) -> dict:
+        return {"analysis": self.analysis, "version": 1, "summary": self.summary(),
+                "counts": _plain(self.counts), "settings": _plain(self.settings),
+                "tables": _plain(self.tables), "files": dict(self.files),
+                "skipped": _plain(self.skipped), "notes": list(self.notes)}
+
+    @staticmethod
+    def _shared_fields(d: dict) -> dict:
+        return {k: d.get(k, {}) for k in ("counts", "tables", "settings", "skipped", "files")} \
+            | {"notes": d.get("notes", [])}
+
+    @classmethod
+    def derived_keys(cls) -> tuple[str, ...]:
+        return ("summary",)
+
+
 @dataclass
-class CurateResult(AnalysisResult):
+class CurateResult(_ImageSetResult):
     """What a curate step found, and where it wrote it.
 
     Attributes:
@@ -105,12 +137,6 @@ class CurateResult(AnalysisResult):
 
     step: str
     result: Any
-    counts: dict = field(default_factory=dict)
-    tables: dict = field(default_factory=dict)
-    settings: dict = field(default_factory=dict)
-    skipped: dict = field(default_factory=dict)
-    files: dict = field(default_factory=dict)
-    notes: list = field(default_factory=list)
 
     analysis: ClassVar[str] = "curate"
 
@@ -123,20 +149,10 @@ class CurateResult(AnalysisResult):
                  "retrieve": lambda: f"retrieved {c['retrieved']} pool images for "
                                      f"{c['queries_used']} queries",
                  "prototypes": lambda: f"{c['prototypes']} prototypes"}
-        n_skipped = sum(len(v) for v in self.skipped.values())
-        return (f"{head}; {parts[self.step]()}"
-                + (f"; {n_skipped} image(s) skipped (skipped.csv)" if n_skipped else ""))
+        return f"{head}; {parts[self.step]()}{self._n_skipped()}"
 
     def to_dict(self) -> dict:
-        return {"analysis": self.analysis, "version": 1, "step": self.step,
-                "summary": self.summary(), "counts": _plain(self.counts),
-                "settings": _plain(self.settings), "tables": _plain(self.tables),
-                "files": dict(self.files), "skipped": _plain(self.skipped),
-                "notes": list(self.notes), "result": self.result.to_dict()}
-
-    @classmethod
-    def derived_keys(cls) -> tuple[str, ...]:
-        return ("summary",)
+        return self._shared_dict() | {"step": self.step, "result": self.result.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "CurateResult":
@@ -144,56 +160,35 @@ class CurateResult(AnalysisResult):
         kind = {"dedup": DedupResult, "sample": BalancedSample, "prototypes": Prototypes,
                 "retrieve": ClusterRetrieval if d.get("settings", {}).get("mode") == "clusters"
                 else Retrieval}[step]
-        return cls(step=step, result=kind.from_dict(d["result"]), counts=d.get("counts", {}),
-                   tables=d.get("tables", {}), settings=d.get("settings", {}),
-                   skipped=d.get("skipped", {}), files=d.get("files", {}),
-                   notes=d.get("notes", []))
+        return cls(step=step, result=kind.from_dict(d["result"]), **cls._shared_fields(d))
 
 
 @dataclass
-class DatasetsResult(AnalysisResult):
+class DatasetsResult(_ImageSetResult):
     """How two image sets differ (`datasets`); the fields as in `CurateResult`, with
     `comparison` the `DatasetComparison` (prototype examples as source positions of each set)
     and `names` the two sets' names."""
 
     comparison: DatasetComparison
     names: tuple = ("A", "B")
-    counts: dict = field(default_factory=dict)
-    tables: dict = field(default_factory=dict)
-    settings: dict = field(default_factory=dict)
-    skipped: dict = field(default_factory=dict)
-    files: dict = field(default_factory=dict)
-    notes: list = field(default_factory=list)
 
     analysis: ClassVar[str] = "datasets"
 
     def summary(self) -> str:
         c, (a, b) = self.counts, self.names
-        n_skipped = sum(len(v) for v in self.skipped.values())
         return (f"{a} ({c['used_a']} images) vs {b} ({c['used_b']}): Frechet distance "
                 f"{c['frechet']:.4g}, precision {c['precision']:.3f}, recall {c['recall']:.3f}, "
                 f"density {c['density']:.3f}, coverage {c['coverage']:.3f}; {c['only_a']} "
-                f"clusters only in {a}, {c['only_b']} only in {b}"
-                + (f"; {n_skipped} image(s) skipped (skipped.csv)" if n_skipped else ""))
+                f"clusters only in {a}, {c['only_b']} only in {b}{self._n_skipped()}")
 
     def to_dict(self) -> dict:
-        return {"analysis": self.analysis, "version": 1, "summary": self.summary(),
-                "names": list(self.names), "counts": _plain(self.counts),
-                "settings": _plain(self.settings), "tables": _plain(self.tables),
-                "files": dict(self.files), "skipped": _plain(self.skipped),
-                "notes": list(self.notes), "result": self.comparison.to_dict()}
-
-    @classmethod
-    def derived_keys(cls) -> tuple[str, ...]:
-        return ("summary",)
+        return self._shared_dict() | {"names": list(self.names),
+                                      "result": self.comparison.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "DatasetsResult":
         return cls(comparison=DatasetComparison.from_dict(d["result"]),
-                   names=tuple(d.get("names", ("A", "B"))), counts=d.get("counts", {}),
-                   tables=d.get("tables", {}), settings=d.get("settings", {}),
-                   skipped=d.get("skipped", {}), files=d.get("files", {}),
-                   notes=d.get("notes", []))
+                   names=tuple(d.get("names", ("A", "B"))), **cls._shared_fields(d))
 
 
 # ----------------------------------------------------------------------------------------------
