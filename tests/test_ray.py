@@ -148,6 +148,19 @@ def test_extract_on_ray_writes_the_local_store_and_resumes(tmp_path, messy_dir, 
 # every sink, merged from the workers
 
 
+def test_workers_read_images_from_a_url_themselves(vit, photo_dir, tmp_path):
+    """An fsspec URL (here file://, as s3:// would be) is read by the workers' decoding
+    tasks, not through the driver: the store equals a local run's on the same files."""
+    kw = dict(layers="blocks.1", batch_size=2, progress=False, dtype="float32")
+    with one_thread():
+        local = zoolens.extract(vit, photo_dir, out=tmp_path / "local", num_workers=0, **kw)
+        remote = zoolens.extract(vit, photo_dir.as_uri(), out=tmp_path / "ray",
+                                 backend=_ray_backend(), **kw)
+    assert remote.ids == local.ids and remote.labels == local.labels
+    np.testing.assert_array_equal(np.array(remote.features(VIT, "blocks.1")),
+                                  np.array(local.features(VIT, "blocks.1")))
+
+
 def test_every_sink_on_ray_equals_the_local_run(vit, scenes_with_a_bad_one, tmp_path):
     """One pass feeds every analysis' sink (and a store writer, and the flat CKA that stays on
     the driver); each ends where the local pass leaves it."""

@@ -32,7 +32,9 @@ __all__ = ["app", "console", "setup_logging", "fail", "emit_json", "call", "comm
 
 SPECS_HELP = ("timm:resnet50  torchvision:resnet50  open_clip:ViT-B-32/laion2b_s34b_b79k  "
               "hf:facebook/dinov2-small  file:zoo.py:factory; NAME=SPEC names a model")
-IMAGES_HELP = "folder, CSV of path,label, .txt of paths, or synthetic:scenes?n=64&size=64&seed=0"
+IMAGES_HELP = (
+    "folder, URL (s3://bucket/prefix, any fsspec protocol), CSV of path,label, .txt of paths, "
+    "or synthetic:scenes?n=64&size=64&seed=0")
 
 console = Console(stderr=True)
 

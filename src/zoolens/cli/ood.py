@@ -13,7 +13,8 @@ from ._app import (BatchSize, Device, Json, Layers, Models, NoPretrained, Out, S
 
 __all__ = ["ood"]
 
-_SOURCES_HELP = "a folder, CSV of path,label, .txt of paths, or synthetic:scenes?n=64&seed=0"
+_SOURCES_HELP = ("a folder, URL (s3://bucket/prefix), CSV of path,label, .txt of paths, or "
+                 "synthetic:scenes?n=64&seed=0")
 
 
 def _best_table(result) -> Table:

@@ -15,7 +15,7 @@ from ._app import (BatchSize, Device, Json, Layers, Models, NoPretrained, Out, S
 @with_backend
 def rosetta(model: Models, out: Out,
             images: Annotated[Optional[str], typer.Option(
-                "--images", "-i", help="folder, CSV, or synthetic:scenes?n=64")] = None,
+                "--images", "-i", help="folder, URL, CSV, or synthetic:scenes?n=64")] = None,
             generator: Annotated[Optional[str], typer.Option(
                 help="latent -> image model (file:gan.py:make); it joins the zoo")] = None,
             n: Annotated[int, typer.Option("--n", help="images to sample from --generator")] = 64,

@@ -1,4 +1,5 @@
-"""Image sources: folders, lists of paths, CSVs, in-memory batches, synthetic scenes.
+"""Image sources: folders, lists of paths, CSVs, object-storage URLs, in-memory batches,
+synthetic scenes.
 
 `open_source(x)` turns whatever a user names into an `ImageSource`."""
 
@@ -11,9 +12,11 @@ from .base import BadImage, Decoded, ImageSource
 from .files import FileSource, csv_source, file_content_hash, folder_source, paths_source
 from .memory import TensorSource
 from .synthetic import SyntheticScenes
+from .urls import UrlSource, is_url, url_folder_source
 
 __all__ = ["open_source", "ImageSource", "BadImage", "Decoded", "FileSource", "TensorSource",
-           "SyntheticScenes", "folder_source", "csv_source", "paths_source", "file_content_hash"]
+           "SyntheticScenes", "UrlSource", "folder_source", "url_folder_source", "csv_source",
+           "paths_source", "file_content_hash"]
 
 _SYNTHETIC = {"scenes": SyntheticScenes}
 
@@ -45,14 +48,17 @@ def _synthetic(text: str) -> ImageSource:
 
 
 def open_source(images, labels=None) -> ImageSource:
-    """An ImageSource from: an ImageSource; 'synthetic:scenes?...'; a folder; a CSV of
-    path,label; a text file listing paths; a list of paths; a tensor/array batch or PIL list."""
+    """An ImageSource from: an ImageSource; 'synthetic:scenes?...'; a folder; a URL prefix
+    (`s3://bucket/photos`, any fsspec protocol); a CSV of path,label; a text file listing
+    paths; a list of paths; a tensor/array batch or PIL list."""
     if isinstance(images, ImageSource):
         return images
     if isinstance(images, (str, Path)):
         text = str(images)
         if text.startswith("synthetic:"):
             return _synthetic(text)
+        if is_url(text):
+            return url_folder_source(text)
         path = Path(text).expanduser()
         if path.is_dir():
             return folder_source(path)
@@ -63,8 +69,8 @@ def open_source(images, labels=None) -> ImageSource:
             return paths_source([p if Path(p).is_absolute() else path.parent / p for p in lines])
         if not path.exists():
             raise InputError(f"images {text!r}: no such file or folder")
-        raise InputError(f"images {text!r}: not a folder, a .csv of path,label, a .txt list of "
-                         "paths, or synthetic:scenes?n=..")
+        raise InputError(f"images {text!r}: not a folder, a URL (s3://bucket/prefix), a .csv of "
+                         "path,label, a .txt list of paths, or synthetic:scenes?n=..")
     if isinstance(images, (list, tuple)) and images and isinstance(images[0], (str, Path)):
         return paths_source(images, labels)
     return TensorSource(images, labels)

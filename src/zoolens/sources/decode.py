@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .base import MIN_SIDE, BadImage, Decoded
 
-__all__ = ["decode_file", "to_rgb", "IMAGE_EXTENSIONS"]
+__all__ = ["decode_file", "decode_bytes", "to_rgb", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
                     ".pgm", ".pbm", ".jfif", ".ico"}
@@ -43,16 +44,31 @@ def decode_file(path: str | Path) -> Decoded:
     """Open, fully decode (truncated files fail here, not later), apply EXIF orientation."""
     path = Path(path)
     try:
-        if path.stat().st_size == 0:
-            raise BadImage("empty file (0 bytes)")
+        empty = path.stat().st_size == 0
+    except FileNotFoundError:
+        raise BadImage("file not found") from None
+    except OSError as exc:
+        raise BadImage(f"cannot read: {exc.strerror or exc}") from None
+    if empty:
+        raise BadImage("empty file (0 bytes)")
+    return _decode(path)
+
+
+def decode_bytes(data: bytes) -> Decoded:
+    """`decode_file` for an image's bytes (read from object storage, a URL, an archive)."""
+    if not data:
+        raise BadImage("empty file (0 bytes)")
+    return _decode(io.BytesIO(data))
+
+
+def _decode(fp) -> Decoded:
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(fp) as im:
                 im.load()
                 im = ImageOps.exif_transpose(im)
                 im.load()
-    except BadImage:
-        raise
     except UnidentifiedImageError:
         raise BadImage("not an image PIL can read") from None
     except FileNotFoundError:

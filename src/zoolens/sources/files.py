@@ -9,13 +9,14 @@ import os
 import stat
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from ..errors import InputError
 from .base import ImageSource
 from .decode import IMAGE_EXTENSIONS, decode_file
 
-__all__ = ["FileSource", "folder_source", "csv_source", "paths_source", "file_content_hash"]
+__all__ = ["FileSource", "folder_source", "csv_source", "paths_source", "file_content_hash",
+           "image_files", "subfolder_labels"]
 
 
 class FileSource(ImageSource):
@@ -69,7 +70,7 @@ def file_content_hash(path: str | Path, *, chunk_size: int = 1 << 20) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def _natural_key(path: Path):
+def _natural_key(path: PurePath):
     import re
 
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(path))]
@@ -162,13 +163,7 @@ def folder_source(root: str | Path, *, labels_from_subfolders: bool | None = Non
         by_file.setdefault(e.identity, []).append(e)
     chosen = [min(group, key=lambda e: (e.via_link, _natural_key(e.path.relative_to(root))))
               for group in by_file.values()]
-    images, skipped = [], []
-    for e in chosen:
-        if e.path.suffix.lower() in IMAGE_EXTENSIONS:
-            images.append(e.path)
-        else:
-            skipped.append({"id": str(e.path.relative_to(root)),
-                            "reason": f"not an image file (extension {e.path.suffix or 'none'!r})"})
+    images, skipped = image_files([e.path.relative_to(root) for e in chosen])
     for path in broken:
         skipped.append({"id": str(path.relative_to(root)),
                         "reason": "broken symbolic link (its target is missing, or a loop)"})
@@ -178,17 +173,41 @@ def folder_source(root: str | Path, *, labels_from_subfolders: bool | None = Non
                "duplicate_paths": len(entries) - len(by_file), **counts}
     skipped += unreadable
     if not images:
-        raise InputError(f"image folder {str(root)!r} holds no images (looked for "
-                         f"{', '.join(sorted(IMAGE_EXTENSIONS))}, recursively)" +
-                         (f"; found {len(skipped)} other files" if skipped else ""))
-    images.sort(key=lambda p: _natural_key(p.relative_to(root)))
-    rel = [p.relative_to(root) for p in images]
-    nested = all(len(r.parts) == 2 for r in rel)
-    labels = [r.parts[0] for r in rel] if (labels_from_subfolders or
-                                             (labels_from_subfolders is None and nested)) else None
-    source = FileSource(images, root, labels, skipped, description=f"folder:{root.resolve()}")
+        raise InputError(no_images_message(str(root), len(skipped)))
+    labels = subfolder_labels(images, labels_from_subfolders)
+    source = FileSource([root / r for r in images], root, labels, skipped,
+                        description=f"folder:{root.resolve()}")
     source.listing = listing
     return source
+
+
+def image_files(rel: list[PurePath]) -> tuple[list[PurePath], list[dict]]:
+    """The image files among paths relative to a folder's root, in natural order, and a skip
+    entry (``{"id", "reason"}``) for each other file."""
+    images, skipped = [], []
+    for r in rel:
+        if r.suffix.lower() in IMAGE_EXTENSIONS:
+            images.append(r)
+        else:
+            skipped.append({"id": str(r),
+                            "reason": f"not an image file (extension {r.suffix or 'none'!r})"})
+    images.sort(key=_natural_key)
+    return images, skipped
+
+
+def subfolder_labels(rel: list[PurePath], from_subfolders: bool | None) -> list[str] | None:
+    """Class labels from first-level subfolders: always (`True`), never (`False`), or when
+    every image sits in one (`None`)."""
+    nested = all(len(r.parts) == 2 for r in rel)
+    if from_subfolders or (from_subfolders is None and nested):
+        return [r.parts[0] if len(r.parts) > 1 else "" for r in rel]
+    return None
+
+
+def no_images_message(where: str, n_other: int) -> str:
+    return (f"image folder {where!r} holds no images (looked for "
+            f"{', '.join(sorted(IMAGE_EXTENSIONS))}, recursively)" +
+            (f"; found {n_other} other file{'s' if n_other > 1 else ''}" if n_other else ""))
 
 
 def paths_source(paths, labels=None) -> FileSource:

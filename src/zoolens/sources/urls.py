@@ -1,0 +1,122 @@
+"""Images in object storage or behind any fsspec URL (`s3://bucket/photos`, `gs://...`,
+`az://...`, `hf://datasets/...`, `file:///...`): listed once, each image read by whoever decodes
+it, so Ray workers on other machines read the bucket themselves and need no shared disk.
+
+The protocol's fsspec package must be installed where images are read (`s3fs`, `gcsfs`,
+`adlfs`, ...); credentials come from its usual places (environment, config files, instance
+roles), or from `storage_options`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+
+from ..errors import InputError
+from .base import BadImage, Decoded, ImageSource
+from .decode import decode_bytes
+from .files import image_files, no_images_message, subfolder_labels
+
+__all__ = ["UrlSource", "url_folder_source", "is_url"]
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+# Keys of an object's listing entry that change when its content is replaced, most telling
+# first (S3's ETag is a content hash for plain uploads; GCS gives md5Hash; others a time).
+_VERSION_KEYS = ("ETag", "etag", "md5Hash", "crc32c", "mtime", "LastModified", "last_modified",
+                 "updated", "created")
+
+
+def is_url(text: str) -> bool:
+    """True for `scheme://...` (a local path or `synthetic:...` is not one)."""
+    return bool(_URL.match(text))
+
+
+class UrlSource(ImageSource):
+    """Images named by URLs under one root URL; ids are the paths below the root."""
+
+    def __init__(self, urls: list[str], root: str, labels=None, skipped=None,
+                 versions: list[str] | None = None, storage_options: dict | None = None):
+        self.urls = list(urls)
+        self.root = root
+        self.storage_options = dict(storage_options or {})
+        self._versions = versions
+        ids = [u[len(root):].lstrip("/") for u in self.urls]
+        super().__init__(ids=ids, labels=labels, skipped_at_listing=skipped or [],
+                         description=f"url:{root}")
+
+    def decode(self, index: int) -> Decoded:
+        import fsspec
+
+        try:
+            with fsspec.open(self.urls[index], "rb", **self.storage_options) as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise BadImage("file not found") from None
+        except Exception as exc:  # a network or permission error skips this image, named
+            raise BadImage(f"cannot read: {type(exc).__name__}: {exc}") from None
+        return decode_bytes(data)
+
+    def item_fingerprint(self, index: int) -> str:
+        """`"url:<size>:<version>"` from the listing (the ETag, a hash or a time, whichever
+        the store gives): no object is read again to tell whether it changed."""
+        if self._versions is None:
+            return super().item_fingerprint(index)
+        return self._versions[index]
+
+    def item_fingerprints(self) -> list[str]:
+        if self._versions is None:
+            return super().item_fingerprints()
+        return list(self._versions)
+
+
+def _filesystem(url: str, storage_options: dict):
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(url, **storage_options)
+    except ImportError as exc:  # fsspec names the package to install
+        raise InputError(f"images {url!r}: {exc}") from None
+    except ValueError as exc:  # an unknown protocol
+        raise InputError(f"images {url!r}: {exc} (the URL's scheme must be a protocol "
+                         "fsspec knows: s3, gs, az, hf, http, file, ...)") from None
+
+
+def _version(info: dict) -> str:
+    version = next((str(info[k]) for k in _VERSION_KEYS if info.get(k) is not None), "")
+    return f"url:{info.get('size', '')}:{version}"
+
+
+def url_folder_source(url: str, *, labels_from_subfolders: bool | None = None,
+                      storage_options: dict | None = None) -> UrlSource:
+    """Every image below a URL prefix, as `folder_source` lists a folder: natural order, hidden
+    files and folders ignored, other files reported as skipped, first-level subfolders as
+    labels when every image sits in one."""
+    storage_options = dict(storage_options or {})
+    fs, path = _filesystem(url, storage_options)
+    try:
+        found = fs.find(path, detail=True, withdirs=False)
+    except FileNotFoundError:
+        found = {}
+    except Exception as exc:  # credentials, permissions, network: one line, the URL named
+        raise InputError(f"images {url!r}: cannot list ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    base = PurePosixPath(fs._strip_protocol(path))
+    entries = {}
+    for name, info in found.items():
+        if info.get("type", "file") != "file":
+            continue
+        rel = PurePosixPath(fs._strip_protocol(name)).relative_to(base)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        entries[rel] = info
+    if not entries:
+        if not fs.exists(path):
+            raise InputError(f"images {url!r}: no such folder or prefix")
+        raise InputError(no_images_message(url, 0))
+    images, skipped = image_files(list(entries))
+    if not images:
+        raise InputError(no_images_message(url, len(skipped)))
+    root = url.rstrip("/") + "/"
+    return UrlSource([root + str(r) for r in images], root,
+                     labels=subfolder_labels(images, labels_from_subfolders), skipped=skipped,
+                     versions=[_version(entries[r]) for r in images],
+                     storage_options=storage_options)
