@@ -73,7 +73,7 @@ def test_empty_and_missing_folders(tmp_path):
     with pytest.raises(InputError, match="holds no images"):
         open_source(tmp_path)
     (tmp_path / "readme.txt").write_text("x")
-    with pytest.raises(InputError, match="found 1 other file"):
+    with pytest.raises(InputError, match="found 1 other file$"):
         open_source(tmp_path)
     with pytest.raises(InputError, match="no such file or folder"):
         open_source(tmp_path / "missing")
