@@ -267,6 +267,26 @@ def _one_model(model, *, pretrained: bool, device, seed: int, layer: str | None,
     return models[0], check_layer(models[0], layer)
 
 
+def _embed(model, sets: Sequence[tuple], *, layer: str | None, pool: str, out: Path,
+           pretrained: bool, device, seed: int, backend, num_workers, batch_size: int,
+           dtype: str, overwrite: bool, progress: bool) -> tuple[Model, str, list]:
+    """Every image set opened first (an error names its flag, before any model loads), then
+    the one model loaded and each set embedded at `layer` (read from its store where given).
+
+    `sets`: ``(images, role, flag, store, subset)`` per set; ``images=None`` (an optional set
+    left out) gives None."""
+    sources = [_open(images, flag) if images is not None else None
+               for images, _, flag, _, _ in sets]
+    runner = resolve_backend(backend, num_workers=num_workers)
+    m, layer = _one_model(model, pretrained=pretrained, device=device, seed=seed, layer=layer,
+                          backend=runner)
+    ext = dict(layer=layer, pool=pool, out=out, batch_size=batch_size, device=device,
+               backend=runner, dtype=dtype, overwrite=overwrite, progress=progress)
+    return m, layer, [image_set(m, images, role, source=src, store=store, subset=subset, **ext)
+                      if src is not None else None
+                      for (images, role, _, store, subset), src in zip(sets, sources)]
+
+
 def _need_images(s: ImageSet, at_least: int = 1, why: str = "") -> None:
     if len(s) < at_least:
         first = (f"; {len(s.skipped)} skipped, e.g. {s.skipped[0]['id']}: "
@@ -409,16 +429,12 @@ def dedup(model, images, *, threshold: float = 0.9, keep: str = "centroid", refe
     if reference_store is not None and reference is None:
         raise InputError("--reference-store: given without --reference")
     max_neighbors = _positive(max_neighbors, "--max-neighbors", allow_none=True)
-    src = _open(images, "--images")
-    ref_src = _open(reference, "--reference") if reference is not None else None
-    runner = resolve_backend(backend, num_workers=num_workers)
-    m, layer = _one_model(model, pretrained=pretrained, device=device, seed=seed, layer=layer,
-                          backend=runner)
-    ext = dict(layer=layer, pool=pool, out=out, batch_size=batch_size, device=device,
-               backend=runner, dtype=dtype, overwrite=overwrite, progress=progress)
-    imgs = image_set(m, images, "images", source=src, store=store, subset=subset, **ext)
-    ref = image_set(m, reference, "reference", source=ref_src, store=reference_store, **ext) \
-        if reference is not None else None
+    m, layer, (imgs, ref) = _embed(
+        model, [(images, "images", "--images", store, subset),
+                (reference, "reference", "--reference", reference_store, None)],
+        layer=layer, pool=pool, out=out, pretrained=pretrained, device=device, seed=seed,
+        backend=backend, num_workers=num_workers, batch_size=batch_size, dtype=dtype,
+        overwrite=overwrite, progress=progress)
     _need_images(imgs)
     if ref is not None:
         _need_images(ref)
@@ -570,14 +586,11 @@ def sample(model, images, *, budget: int, levels: str | Sequence[int] | None = N
         raise InputError(f"--strategy {strategy!r}: use random or closest")
     resampling_steps = _positive(resampling_steps, "--resampling-steps", low=0)
     sample_size = _positive(sample_size, "--sample-size", allow_none=True)
-    src = _open(images, "--images")
-    runner = resolve_backend(backend, num_workers=num_workers)
-    m, layer = _one_model(model, pretrained=pretrained, device=device, seed=seed, layer=layer,
-                          backend=runner)
-    imgs = image_set(m, images, "images", source=src, store=store, subset=subset, layer=layer,
-                     pool=pool,
-                     out=out, batch_size=batch_size, device=device, backend=runner,
-                     dtype=dtype, overwrite=overwrite, progress=progress)
+    m, layer, (imgs,) = _embed(
+        model, [(images, "images", "--images", store, subset)],
+        layer=layer, pool=pool, out=out, pretrained=pretrained, device=device, seed=seed,
+        backend=backend, num_workers=num_workers, batch_size=batch_size, dtype=dtype,
+        overwrite=overwrite, progress=progress)
     _need_images(imgs)
     n = len(imgs)
     ks = ks or [max(1, min(n, round(math.sqrt(n))))]
@@ -669,14 +682,12 @@ def retrieve(model, queries, pool_images, *, k: int = 4, mode: str = "nearest",
     k = _positive(k, "--k")
     n_clusters = _positive(n_clusters, "--clusters", allow_none=True)
     min_queries = _positive(min_queries, "--min-queries")
-    q_src, p_src = _open(queries, "--queries"), _open(pool_images, "--pool-images")
-    runner = resolve_backend(backend, num_workers=num_workers)
-    m, layer = _one_model(model, pretrained=pretrained, device=device, seed=seed, layer=layer,
-                          backend=runner)
-    ext = dict(layer=layer, pool=pool, out=out, batch_size=batch_size, device=device,
-               backend=runner, dtype=dtype, overwrite=overwrite, progress=progress)
-    q = image_set(m, queries, "queries", source=q_src, store=queries_store, **ext)
-    p = image_set(m, pool_images, "pool", source=p_src, store=pool_store, **ext)
+    m, layer, (q, p) = _embed(
+        model, [(queries, "queries", "--queries", queries_store, None),
+                (pool_images, "pool", "--pool-images", pool_store, None)],
+        layer=layer, pool=pool, out=out, pretrained=pretrained, device=device, seed=seed,
+        backend=backend, num_workers=num_workers, batch_size=batch_size, dtype=dtype,
+        overwrite=overwrite, progress=progress)
     _need_images(q)
     _need_images(p, k if mode == "nearest" else 1, f", fewer than --k {k}"
                  if mode == "nearest" else "")
@@ -787,14 +798,11 @@ def find_prototypes(model, images, *, n_clusters: int | None = None, n_examples:
     out = _common(out, pool, dtype)
     n_clusters = _positive(n_clusters, "--clusters", allow_none=True)
     n_examples = _positive(n_examples, "--examples")
-    src = _open(images, "--images")
-    runner = resolve_backend(backend, num_workers=num_workers)
-    m, layer = _one_model(model, pretrained=pretrained, device=device, seed=seed, layer=layer,
-                          backend=runner)
-    imgs = image_set(m, images, "images", source=src, store=store, subset=subset, layer=layer,
-                     pool=pool,
-                     out=out, batch_size=batch_size, device=device, backend=runner,
-                     dtype=dtype, overwrite=overwrite, progress=progress)
+    m, layer, (imgs,) = _embed(
+        model, [(images, "images", "--images", store, subset)],
+        layer=layer, pool=pool, out=out, pretrained=pretrained, device=device, seed=seed,
+        backend=backend, num_workers=num_workers, batch_size=batch_size, dtype=dtype,
+        overwrite=overwrite, progress=progress)
     _need_images(imgs)
     n = len(imgs)
     kk = n_clusters or max(1, min(n, round(math.sqrt(n))))
@@ -890,14 +898,12 @@ def datasets(model, images_a, images_b, *, names: Sequence[str] | None = None, k
         raise InputError(f"--min-purity {min_purity!r}: give a share in (0.5, 1], e.g. 0.95")
     if names is not None and (len(names) != 2 or not all(names) or names[0] == names[1]):
         raise InputError(f"--names {names!r}: give two different names")
-    a_src, b_src = _open(images_a, "--images-a"), _open(images_b, "--images-b")
-    runner = resolve_backend(backend, num_workers=num_workers)
-    m, layer = _one_model(model, pretrained=pretrained, device=device, seed=seed, layer=layer,
-                          backend=runner)
-    ext = dict(layer=layer, pool=pool, out=out, batch_size=batch_size, device=device,
-               backend=runner, dtype=dtype, overwrite=overwrite, progress=progress)
-    a = image_set(m, images_a, "a", source=a_src, store=store_a, **ext)
-    b = image_set(m, images_b, "b", source=b_src, store=store_b, **ext)
+    m, layer, (a, b) = _embed(
+        model, [(images_a, "a", "--images-a", store_a, None),
+                (images_b, "b", "--images-b", store_b, None)],
+        layer=layer, pool=pool, out=out, pretrained=pretrained, device=device, seed=seed,
+        backend=backend, num_workers=num_workers, batch_size=batch_size, dtype=dtype,
+        overwrite=overwrite, progress=progress)
     for s in (a, b):
         _need_images(s, k + 1, f"; --k {k} needs more than k")
     if names is None:
