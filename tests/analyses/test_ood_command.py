@@ -327,6 +327,29 @@ def test_ood_set_names(tmp_path):
     assert split_source_name(str(odd)) == (None, str(odd))  # an existing folder is a folder
 
 
+def test_unnamed_sets_are_named_after_their_folder_file_or_url(tmp_path):
+    import fsspec
+    from PIL import Image
+
+    from zoolens.analyses.ood.evaluation import _ood_sources
+
+    folder = tmp_path / "new.shapes"
+    folder.mkdir()
+    Image.new("RGB", (16, 16), (9, 8, 7)).save(folder / "a.png")
+    (tmp_path / "night.csv").write_text("new.shapes/a.png,x\n")
+    (tmp_path / "list.v2.txt").write_text("new.shapes/a.png\n")
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/ood-bucket/sketches/a.png", (folder / "a.png").read_bytes())
+    try:
+        names = list(_ood_sources([str(folder), str(tmp_path / "night.csv"),
+                                   str(tmp_path / "list.v2.txt"), "memory://ood-bucket/sketches/",
+                                   "synthetic:scenes?n=2&size=16", "mine=" + str(folder)]))
+    finally:
+        fs.rm("/ood-bucket", recursive=True)
+    assert names == ["new.shapes", "night", "list.v2", "sketches", "synthetic:scenes?n=2&size=16",
+                     "mine"]
+
+
 # ---------------------------------------------------------------------------------------------
 # the command
 

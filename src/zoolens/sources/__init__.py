@@ -66,7 +66,8 @@ def open_source(images, labels=None) -> ImageSource:
             return csv_source(path)
         if path.is_file() and path.suffix.lower() == ".txt":
             lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
-            return paths_source([p if Path(p).is_absolute() else path.parent / p for p in lines])
+            return paths_source([p if Path(p).is_absolute() else path.parent / p for p in lines],
+                                description=f"list:{path.resolve()}")
         if not path.exists():
             raise InputError(f"images {text!r}: no such file or folder")
         raise InputError(f"images {text!r}: not a folder, a URL (s3://bucket/prefix), a .csv of "

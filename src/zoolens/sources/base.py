@@ -5,6 +5,7 @@ Sources only list and decode; batching and workers live in the engine."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import PurePath
 
 from PIL import Image
 
@@ -74,6 +75,18 @@ class ImageSource:
         """`item_fingerprint(i)` for every item, in source order. A store records these per
         row and recomputes a row whose fingerprint changed."""
         return [self.item_fingerprint(i) for i in range(len(self))]
+
+    def short_name(self) -> str:
+        """A short name for tables and legends: a folder's name, a CSV's stem, a URL's last
+        part (a .txt list's stem); "" for a source without one (tensors, synthetic scenes)."""
+        kind, _, rest = self.description.partition(":")
+        if kind == "folder" and rest:
+            return PurePath(rest).name
+        if kind in ("csv", "list") and rest:
+            return PurePath(rest).stem
+        if kind == "url":
+            return rest.rstrip("/").rsplit("/", 1)[-1]
+        return ""
 
     def fingerprint(self) -> str:
         """Identifies the listing, so a store can tell whether it holds this source."""

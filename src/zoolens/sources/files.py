@@ -210,11 +210,11 @@ def no_images_message(where: str, n_other: int) -> str:
             (f"; found {n_other} other file{'s' if n_other > 1 else ''}" if n_other else ""))
 
 
-def paths_source(paths, labels=None) -> FileSource:
+def paths_source(paths, labels=None, *, description: str = "paths") -> FileSource:
     paths = [Path(p).expanduser() for p in paths]
     if not paths:
         raise InputError("the list of image paths is empty")
-    return FileSource(paths, None, labels, description="paths")
+    return FileSource(paths, None, labels, description=description)
 
 
 def csv_source(csv_path: str | Path) -> FileSource:

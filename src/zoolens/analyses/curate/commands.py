@@ -848,11 +848,6 @@ def find_prototypes(model, images, *, n_clusters: int | None = None, n_examples:
 # datasets
 
 
-def _set_label(source) -> str:
-    kind, _, rest = source.description.partition(":")
-    return Path(rest).stem if kind in ("folder", "csv") and rest else ""
-
-
 def datasets(model, images_a, images_b, *, names: Sequence[str] | None = None, k: int = 5,
              n_clusters: int | None = None, metric: str = "euclidean",
              min_purity: float = 0.95, n_examples: int = 8, layer: str | None = None,
@@ -907,7 +902,7 @@ def datasets(model, images_a, images_b, *, names: Sequence[str] | None = None, k
     for s in (a, b):
         _need_images(s, k + 1, f"; --k {k} needs more than k")
     if names is None:
-        names = (_set_label(a.source), _set_label(b.source))
+        names = (a.source.short_name(), b.source.short_name())
         if not all(names) or names[0] == names[1]:
             names = ("A", "B")
     names = tuple(str(x) for x in names)

@@ -260,16 +260,11 @@ def split_source_name(text: str) -> tuple[str | None, str]:
     return (m.group(1), m.group(2)) if m else (None, text)
 
 
-def _default_name(src, i: int) -> str:
-    """An OOD set's name when none is given: the folder (or file) name, else the source text."""
-    if isinstance(src, (str, Path)):
-        path = Path(src).expanduser()
-        if path.exists():
-            return path.resolve().name if path.is_dir() else path.stem
-        return str(src)
-    if isinstance(src, ImageSource) and src.description:
-        return src.description
-    return f"ood_{i}"
+def _default_name(src: ImageSource, text, i: int) -> str:
+    """An OOD set's name when none is given: its folder's (CSV's, URL's) name, else the source
+    text (`synthetic:scenes?...`) or its description."""
+    return (src.short_name() or (str(text) if isinstance(text, (str, Path)) else "")
+            or src.description or f"ood_{i}")
 
 
 def _ood_sources(ood) -> dict[str, ImageSource]:
@@ -287,13 +282,14 @@ def _ood_sources(ood) -> dict[str, ImageSource]:
     for i, (name, src) in enumerate(items):
         if name is None and isinstance(src, str):
             name, src = split_source_name(src)
-        name = name if name is not None else _default_name(src, i)
+        source = _source(src, f"ood {name!r}" if name is not None else "ood")
+        name = name if name is not None else _default_name(source, src, i)
         if not name.strip():
             raise InputError(f"ood set {i + 1}: its name is empty; write NAME=SOURCE")
         if name in named:
             raise InputError(f"ood: two sets are named {name!r}; name them apart with "
                              "NAME=SOURCE (e.g. --ood photos=./photos)")
-        named[name] = _source(src, f"ood {name!r}")
+        named[name] = source
     slugs = [slug(n) for n in named]
     if len(set(slugs)) != len(slugs):
         raise InputError(f"ood sets {list(named)}: two share a folder name; rename one")
