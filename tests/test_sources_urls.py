@@ -110,3 +110,42 @@ def test_a_protocol_without_its_package_says_what_to_install(tmp_path):
     assert res.output.strip().splitlines() == ["error: images 's3://some-bucket/photos': "
                                                "Install s3fs to access S3"]
     assert not (tmp_path / "out").exists()
+
+
+def test_lists_of_urls_on_disk_or_at_a_url(tmp_path, bucket, photo_dir):
+    fs, root = bucket
+    _upload(fs, photo_dir, root)
+    folder = open_source(f"memory://{root}")
+    rows = ["path,label"] + [f"memory://{root}/{i},{i.split('/')[0]}" for i in folder.ids]
+    (tmp_path / "remote.csv").write_text("\n".join(rows) + "\n")
+    listed = open_source(tmp_path / "remote.csv")  # a local CSV of URLs
+    assert listed.ids == [f"memory://{root}/{i}" for i in folder.ids]
+    assert listed.labels == ["cat", "cup", "person"]
+    # fingerprints from one listing per folder equal those of the folder's own listing
+    assert listed.item_fingerprints() == folder.item_fingerprints()
+    assert [_outcome(listed, i) for i in range(3)] == [_outcome(folder, i) for i in range(3)]
+
+    # a CSV at a URL, its rows relative to its folder; a .txt there too
+    fs.pipe(f"{root}/index.csv", b"cat/chelsea.jpg,cat\nperson/astronaut.jpg,person\n")
+    fs.pipe(f"{root}/lists/some.txt", b"../cup/coffee.jpg\n")
+    at_url = open_source(f"memory://{root}/index.csv")
+    assert at_url.ids == ["cat/chelsea.jpg", "person/astronaut.jpg"]
+    assert at_url.labels == ["cat", "person"] and at_url.short_name() == "index"
+    assert _outcome(at_url, 1) == _outcome(folder, folder.ids.index("person/astronaut.jpg"))
+    fs.pipe(f"{root}/lists/some.txt", f"memory://{root}/cup/coffee.jpg\n".encode())
+    assert open_source(f"memory://{root}/lists/some.txt").ids == [f"memory://{root}/cup/coffee.jpg"]
+
+    # an object the list names but the store lacks: fingerprinted missing, skipped when read
+    gone = open_source([f"memory://{root}/cat/chelsea.jpg", f"memory://{root}/cat/gone.jpg"])
+    assert gone.item_fingerprints()[1] == "missing"
+    assert _outcome(gone, 1) == ("skip", "file not found")
+
+    (tmp_path / "mixed.csv").write_text(f"memory://{root}/cat/chelsea.jpg,a\nlocal.jpg,b\n")
+    with pytest.raises(InputError, match="mixes URLs and local paths"):
+        open_source(tmp_path / "mixed.csv")
+
+
+def test_a_local_list_keeps_full_paths_as_ids(tmp_path, photo_dir):
+    (tmp_path / "list.txt").write_text(f"{photo_dir / 'cat' / 'chelsea.jpg'}\nrel.jpg\n")
+    assert open_source(tmp_path / "list.txt").ids == [str(photo_dir / "cat" / "chelsea.jpg"),
+                                                      str(tmp_path / "rel.jpg")]

@@ -9,14 +9,15 @@ from pathlib import Path
 
 from ..errors import InputError
 from .base import BadImage, Decoded, ImageSource
-from .files import FileSource, csv_source, file_content_hash, folder_source, paths_source
+from .files import FileSource, file_content_hash, folder_source
+from .manifests import csv_source, manifest_source, paths_source
 from .memory import TensorSource
 from .synthetic import SyntheticScenes
-from .urls import UrlSource, is_url, url_folder_source
+from .urls import UrlSource, is_url, url_folder_source, url_list_source
 
 __all__ = ["open_source", "ImageSource", "BadImage", "Decoded", "FileSource", "TensorSource",
-           "SyntheticScenes", "UrlSource", "folder_source", "url_folder_source", "csv_source",
-           "paths_source", "file_content_hash"]
+           "SyntheticScenes", "UrlSource", "folder_source", "url_folder_source", "url_list_source",
+           "csv_source", "manifest_source", "paths_source", "file_content_hash"]
 
 _SYNTHETIC = {"scenes": SyntheticScenes}
 
@@ -48,9 +49,10 @@ def _synthetic(text: str) -> ImageSource:
 
 
 def open_source(images, labels=None) -> ImageSource:
-    """An ImageSource from: an ImageSource; 'synthetic:scenes?...'; a folder; a URL prefix
-    (`s3://bucket/photos`, any fsspec protocol); a CSV of path,label; a text file listing
-    paths; a list of paths; a tensor/array batch or PIL list."""
+    """An ImageSource from: an ImageSource; 'synthetic:scenes?...'; a folder or a URL prefix
+    (`s3://bucket/photos`, any fsspec protocol); a CSV of path,label or a .txt of paths (on
+    disk or at a URL, listing paths or URLs); a list of paths or URLs; a tensor/array batch or
+    PIL list."""
     if isinstance(images, ImageSource):
         return images
     if isinstance(images, (str, Path)):
@@ -58,16 +60,14 @@ def open_source(images, labels=None) -> ImageSource:
         if text.startswith("synthetic:"):
             return _synthetic(text)
         if is_url(text):
+            if text.lower().endswith((".csv", ".txt")):
+                return manifest_source(text)
             return url_folder_source(text)
         path = Path(text).expanduser()
         if path.is_dir():
             return folder_source(path)
-        if path.is_file() and path.suffix.lower() == ".csv":
-            return csv_source(path)
-        if path.is_file() and path.suffix.lower() == ".txt":
-            lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
-            return paths_source([p if Path(p).is_absolute() else path.parent / p for p in lines],
-                                description=f"list:{path.resolve()}")
+        if path.is_file() and path.suffix.lower() in (".csv", ".txt"):
+            return manifest_source(path)
         if not path.exists():
             raise InputError(f"images {text!r}: no such file or folder")
         raise InputError(f"images {text!r}: not a folder, a URL (s3://bucket/prefix), a .csv of "

@@ -1,9 +1,8 @@
-"""Image files: a folder (recursive, deterministic order, class subfolders as labels), a list of
-paths, or a CSV of `path,label`."""
+"""Image files on disk, and a folder of them (recursive, deterministic order, class subfolders
+as labels); lists of files are `manifests`."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 import stat
@@ -15,8 +14,8 @@ from ..errors import InputError
 from .base import ImageSource
 from .decode import IMAGE_EXTENSIONS, decode_file
 
-__all__ = ["FileSource", "folder_source", "csv_source", "paths_source", "file_content_hash",
-           "image_files", "subfolder_labels"]
+__all__ = ["FileSource", "folder_source", "file_content_hash", "image_files",
+           "subfolder_labels"]
 
 
 class FileSource(ImageSource):
@@ -208,29 +207,3 @@ def no_images_message(where: str, n_other: int) -> str:
     return (f"image folder {where!r} holds no images (looked for "
             f"{', '.join(sorted(IMAGE_EXTENSIONS))}, recursively)" +
             (f"; found {n_other} other file{'s' if n_other > 1 else ''}" if n_other else ""))
-
-
-def paths_source(paths, labels=None, *, description: str = "paths") -> FileSource:
-    paths = [Path(p).expanduser() for p in paths]
-    if not paths:
-        raise InputError("the list of image paths is empty")
-    return FileSource(paths, None, labels, description=description)
-
-
-def csv_source(csv_path: str | Path) -> FileSource:
-    """A CSV with columns `path,label` (a header row is optional); relative paths are taken
-    from the CSV's folder."""
-    csv_path = Path(csv_path)
-    paths, labels = [], []
-    with open(csv_path, newline="") as f:
-        for k, row in enumerate(csv.reader(f)):
-            if not row or (k == 0 and row[0].strip().lower() == "path"):
-                continue
-            if len(row) < 2:
-                raise InputError(f"{csv_path}: line {k + 1} has no label column (want path,label)")
-            p = Path(row[0].strip())
-            paths.append(p if p.is_absolute() else csv_path.parent / p)
-            labels.append(row[1].strip())
-    if not paths:
-        raise InputError(f"{csv_path}: no rows of path,label")
-    return FileSource(paths, csv_path.parent, labels, description=f"csv:{csv_path.resolve()}")

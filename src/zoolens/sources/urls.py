@@ -16,7 +16,7 @@ from .base import BadImage, Decoded, ImageSource
 from .decode import decode_bytes
 from .files import image_files, no_images_message, subfolder_labels
 
-__all__ = ["UrlSource", "url_folder_source", "is_url"]
+__all__ = ["UrlSource", "url_folder_source", "url_list_source", "read_url_text", "is_url"]
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 # Keys of an object's listing entry that change when its content is replaced, most telling
@@ -33,15 +33,17 @@ def is_url(text: str) -> bool:
 class UrlSource(ImageSource):
     """Images named by URLs under one root URL; ids are the paths below the root."""
 
-    def __init__(self, urls: list[str], root: str, labels=None, skipped=None,
-                 versions: list[str] | None = None, storage_options: dict | None = None):
+    def __init__(self, urls: list[str], root: str | None, labels=None, skipped=None,
+                 versions: list[str] | None = None, storage_options: dict | None = None,
+                 description: str | None = None):
         self.urls = list(urls)
         self.root = root
         self.storage_options = dict(storage_options or {})
         self._versions = versions
-        ids = [u[len(root):].lstrip("/") for u in self.urls]
+        ids = [u[len(root):].lstrip("/") if root and u.startswith(root) else u
+               for u in self.urls]
         super().__init__(ids=ids, labels=labels, skipped_at_listing=skipped or [],
-                         description=f"url:{root}")
+                         description=description or f"url:{root}")
 
     def decode(self, index: int) -> Decoded:
         import fsspec
@@ -120,3 +122,44 @@ def url_folder_source(url: str, *, labels_from_subfolders: bool | None = None,
                      labels=subfolder_labels(images, labels_from_subfolders), skipped=skipped,
                      versions=[_version(entries[r]) for r in images],
                      storage_options=storage_options)
+
+
+def read_url_text(url: str, storage_options: dict | None = None) -> str:
+    """The text of a small file at a URL (a CSV or .txt list of images)."""
+    fs, path = _filesystem(url, dict(storage_options or {}))
+    try:
+        with fs.open(path, "rb") as f:
+            return f.read().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise InputError(f"images {url!r}: no such file") from None
+    except Exception as exc:
+        raise InputError(f"images {url!r}: cannot read ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
+def url_list_source(urls: list[str], labels=None, *, root: str | None = None,
+                    description: str = "urls",
+                    storage_options: dict | None = None) -> UrlSource:
+    """Images at the given URLs (one protocol). Fingerprints come from listing each URL's
+    folder once (one request per folder, not per image); an object missing from its folder
+    is fingerprinted "missing" and skipped, named, when read."""
+    storage_options = dict(storage_options or {})
+    fs, _ = _filesystem(urls[0], storage_options)
+    protocols = {u.split("://", 1)[0] for u in urls}
+    if len(protocols) > 1:
+        raise InputError(f"images: the list mixes URL schemes ({', '.join(sorted(protocols))}); "
+                         "list one kind")
+    paths = [fs._strip_protocol(u) for u in urls]
+    found: dict[str, dict] = {}
+    for parent in dict.fromkeys(p.rsplit("/", 1)[0] for p in paths):
+        try:
+            for info in fs.ls(parent, detail=True):
+                found[fs._strip_protocol(info["name"])] = info
+        except FileNotFoundError:
+            continue
+        except Exception as exc:
+            raise InputError(f"images {parent!r}: cannot list ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    versions = [_version(found[p]) if p in found else "missing" for p in paths]
+    return UrlSource(list(urls), root, labels=labels, versions=versions,
+                     storage_options=storage_options, description=description)
