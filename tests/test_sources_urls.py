@@ -149,3 +149,29 @@ def test_a_local_list_keeps_full_paths_as_ids(tmp_path, photo_dir):
     (tmp_path / "list.txt").write_text(f"{photo_dir / 'cat' / 'chelsea.jpg'}\nrel.jpg\n")
     assert open_source(tmp_path / "list.txt").ids == [str(photo_dir / "cat" / "chelsea.jpg"),
                                                       str(tmp_path / "rel.jpg")]
+
+
+def test_a_failed_read_is_tried_again_before_the_image_is_skipped(bucket, photo_dir,
+                                                                  monkeypatch):
+    import zoolens.sources.urls as urls
+
+    fs, root = bucket
+    _upload(fs, photo_dir, root)
+    source = open_source(f"memory://{root}")
+    want = _outcome(source, 0)
+    real, calls = fsspec.open, []
+
+    def flaky(url, *a, **kw):  # fails `failures` times, then reads
+        calls.append(url)
+        if len(calls) <= failures:
+            raise ConnectionError("connection reset by peer")
+        return real(url, *a, **kw)
+
+    monkeypatch.setattr(urls, "_RETRY_WAITS", (0.0, 0.0))
+    monkeypatch.setattr(fsspec, "open", flaky)
+    failures = 2
+    assert _outcome(source, 0) == want and len(calls) == 3
+    calls.clear()
+    failures = 3
+    assert _outcome(source, 0) == ("skip", "cannot read after 3 tries: ConnectionError: "
+                                           "connection reset by peer")

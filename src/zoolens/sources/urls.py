@@ -9,6 +9,7 @@ roles), or from `storage_options`."""
 from __future__ import annotations
 
 import re
+import time
 from pathlib import PurePosixPath
 
 from ..errors import InputError
@@ -21,6 +22,7 @@ __all__ = ["UrlSource", "url_folder_source", "url_list_source", "read_url_text",
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 # Keys of an object's listing entry that change when its content is replaced, most telling
 # first (S3's ETag is a content hash for plain uploads; GCS gives md5Hash; others a time).
+_RETRY_WAITS = (1.0, 4.0)  # seconds before the 2nd and 3rd try of a failed read
 _VERSION_KEYS = ("ETag", "etag", "md5Hash", "crc32c", "mtime", "LastModified", "last_modified",
                  "updated", "created")
 
@@ -46,16 +48,25 @@ class UrlSource(ImageSource):
                          description=description or f"url:{root}")
 
     def decode(self, index: int) -> Decoded:
+        return decode_bytes(self._read(self.urls[index]))
+
+    def _read(self, url: str) -> bytes:
+        """The object's bytes. A failed read is tried again (`_RETRY_WAITS`): a skip is kept
+        in the store, so a passing network error must not become one."""
         import fsspec
 
-        try:
-            with fsspec.open(self.urls[index], "rb", **self.storage_options) as f:
-                data = f.read()
-        except FileNotFoundError:
-            raise BadImage("file not found") from None
-        except Exception as exc:  # a network or permission error skips this image, named
-            raise BadImage(f"cannot read: {type(exc).__name__}: {exc}") from None
-        return decode_bytes(data)
+        for attempt, wait in enumerate((*_RETRY_WAITS, None)):
+            try:
+                with fsspec.open(url, "rb", **self.storage_options) as f:
+                    return f.read()
+            except FileNotFoundError:
+                raise BadImage("file not found") from None
+            except Exception as exc:  # network, throttling, permissions
+                if wait is None:
+                    raise BadImage(f"cannot read after {attempt + 1} tries: "
+                                   f"{type(exc).__name__}: {exc}") from None
+                time.sleep(wait)
+        raise AssertionError("unreachable")
 
     def item_fingerprint(self, index: int) -> str:
         """`"url:<size>:<version>"` from the listing (the ETag, a hash or a time, whichever
