@@ -2,13 +2,15 @@
 with one clear error (issue 15, items 4 and 8).
 
 The network is cut for sure, whatever machine runs this: the Hub's endpoint and every proxy
-point at a closed local port, and each library's cache is an empty temporary folder. Tests
+point at a closed local port, name lookups and connections beyond this machine are refused,
+and each library's cache is an empty temporary folder. Tests
 then run twice, with the Hub's offline mode (HF_HUB_OFFLINE) set, as careful users do, and
 unset, as a new user's shell has it."""
 
 from __future__ import annotations
 
 import os
+import socket
 import time
 import urllib.request
 from pathlib import Path
@@ -22,6 +24,29 @@ from zoolens.zoo import _fetch
 
 CLOSED = "http://127.0.0.1:9"  # the discard port: nothing listens, connections are refused
 REVISION = "0123456789abcdef0123456789abcdef01234567"  # a commit hash, as the Hub names snapshots
+
+
+_LOCAL = {"127.0.0.1", "::1", "localhost"}
+
+
+def _only_this_machine(monkeypatch) -> None:
+    """No name lookup or connection beyond this machine: a library that ignored the closed
+    endpoint and proxies is refused at once, as it would be offline, and never reaches (or
+    waits on) a network this machine may have."""
+    real_lookup, real_connect = socket.getaddrinfo, socket.socket.connect
+
+    def lookup(host, *args, **kwargs):
+        if host not in _LOCAL:
+            raise socket.gaierror(socket.EAI_NONAME, f"no network in this test ({host})")
+        return real_lookup(host, *args, **kwargs)
+
+    def connect(sock, address):
+        if isinstance(address, tuple) and address[0] not in _LOCAL:
+            raise ConnectionRefusedError(f"no network in this test ({address[0]})")
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    monkeypatch.setattr(socket.socket, "connect", connect)
 
 
 @pytest.fixture(params=[True, False], ids=["HF_HUB_OFFLINE=1", "HF_HUB_OFFLINE-unset"])
@@ -53,6 +78,7 @@ def no_network(request, monkeypatch, tmp_path) -> dict[str, Path]:
     for var in ("no_proxy", "NO_PROXY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(urllib.request, "_opener", None)  # urlopen's opener caches the proxies
+    _only_this_machine(monkeypatch)  # and whatever ignores the proxies gets no further
     monkeypatch.setattr(_fetch, "_probe", None)  # no remembered answer from another test
     close_session()  # huggingface_hub's HTTP client reads the proxies when it is created
     yield {"hub": hub_cache, "torch": torch_home, "offline": offline}
