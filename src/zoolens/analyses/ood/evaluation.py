@@ -379,6 +379,8 @@ class _Scorer:
         self.n_classes = 0 if self.labels is None else len(set(self.labels.tolist()))
         self.n_train = int(stores["train"].valid.sum())
         self.head = _head(model) if model.head else None
+        self._layer: tuple[str, dict[str, np.ndarray]] | None = None  # the last layer read
+        self._kept: dict[tuple[str, str], dict[str, np.ndarray]] = {}  # see `keep_only`
         self.vim_dim = None
         if self.head is not None:
             width = self.head[0].shape[1]
@@ -397,11 +399,32 @@ class _Scorer:
             return f"dim={self.vim_dim}"
         return ""
 
+    def _rows(self, layer: str, split: str) -> np.ndarray:
+        """A split's rows at `layer`, read once for all the methods scored there."""
+        if self._layer is None or self._layer[0] != layer:
+            self._layer = (layer, {})  # the previous layer's rows are let go
+        cache = self._layer[1]
+        if split not in cache:
+            cache[split] = _read(self.stores[split], self.model.name, layer)
+        return cache[split]
+
+    def keep_only(self, method: str, layer: str) -> None:
+        """Remember this choice's confidences (the summary and the figures ask for the best
+        one's again) and forget the others (memory: one choice per model, not all)."""
+        key = (method, layer)
+        self._kept = {key: self._kept[key]} if key in self._kept else {}
+
     def scores(self, method: str, layer: str) -> dict[str, np.ndarray]:
         """{split: confidences} of `method` at `layer` for the ID test set and every OOD set."""
+        key = (method, layer)
+        if key not in self._kept:
+            self._kept[key] = self._score(method, layer)
+        return self._kept[key]
+
+    def _score(self, method: str, layer: str) -> dict[str, np.ndarray]:
         name = self.model.name
-        tests = [_read(self.stores[s], name, layer) for s in self.splits()]
-        train = (_read(self.stores["train"], name, layer)
+        tests = [self._rows(layer, s) for s in self.splits()]
+        train = (self._rows(layer, "train")
                  if method in ("knn", "mahalanobis", "rmds", "vim") else None)
         labels = self.labels if self.n_classes > 1 else None
         with warnings.catch_warnings(record=True) as caught:
@@ -619,6 +642,9 @@ def _score_model(scorer: _Scorer, scored: list[str], feature_layers: list[str],
                              "method": method, "setting": scorer.setting(method), "ood": name,
                              "auroc": m.auroc, "aupr_in": m.aupr_in, "aupr_out": m.aupr_out,
                              "fpr": m.fpr, "n_id": m.n_id, "n_ood": m.n_ood})
+            if rows:
+                best = _best_per_model(rows, [model.name])[model.name]
+                scorer.keep_only(best["method"], best["layer"])
     return rows
 
 
