@@ -58,6 +58,7 @@ def test_moments_equal_numpy_and_dead_units_are_found(spec, tmp_path):
     assert json.loads((tmp_path / "layerstats.json").read_text())["analysis"] == "layerstats"
     page = render_report(tmp_path, expected=[])
     assert "Layer statistics" in page.html and "2 layers, 2 dead units" in page.html
+    assert ": 2: 0, 1</td>" in page.html  # the layers, in the table of runs
 
 
 def test_the_command_is_made_from_the_function(spec, tmp_path):

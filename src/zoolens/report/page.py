@@ -21,7 +21,7 @@ from typing import Any, Iterable, Sequence
 __all__ = ["ROWS_MAX", "Result", "Page", "Raw", "esc", "wrap", "lines", "num", "is_num",
            "short_list", "cell_text", "table", "kv", "generic_value", "skipped", "notes_list",
            "as_dict", "as_list", "records", "strs", "size_text", "span_text", "weights_text",
-           "layers_text"]
+           "layers_text", "models_layers_text"]
 
 _ROWS_SHOWN = 25  # table rows shown before a "show all" fold
 ROWS_MAX = 500  # rows rendered at most in any table
@@ -172,6 +172,12 @@ def layers_text(layers: Any) -> str | None:
     if len(names) <= 4:
         return f"{len(names)}: " + ", ".join(names)
     return f"{len(names)}: {names[0]}, {names[1]}, …, {names[-1]}"
+
+
+def models_layers_text(per_model: Any) -> str | None:
+    """{model: layer list} as 'model: n: first, …, last; other: …' (None when none has any)."""
+    parts = [f"{m}: {text}" for m, v in as_dict(per_model).items() if (text := layers_text(v))]
+    return "; ".join(parts) or None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..page import Page, Result, as_dict, kv, layers_text, notes_list, skipped, strs, table
+from ..page import Page, Result, as_dict, kv, models_layers_text, notes_list, skipped, strs, table
 from .base import Facts, Section
 
 __all__ = ["SECTION"]
@@ -11,8 +11,7 @@ __all__ = ["SECTION"]
 def _facts(d: dict) -> Facts:
     models = as_dict(d.get("models"))
     return Facts(models=list(models), images=d.get("images"),
-                 layers="; ".join(f"{m}: {layers_text(v)}"
-                                  for m, v in models.items() if layers_text(v)),
+                 layers=models_layers_text(models),
                  headline=f"{d.get('extracted', '?')} of {d.get('images', '?')} images extracted")
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..page import (Page, Result, as_dict, esc, kv, layers_text, notes_list, records, skipped,
-                    table)
+from ..page import (Page, Result, as_dict, esc, kv, models_layers_text, notes_list, records,
+                    skipped, table)
 from .base import Facts, Section
 
 __all__ = ["SECTION"]
@@ -14,7 +14,7 @@ def _facts(d: dict) -> Facts:
     dead = sum(len(r.get("dead") or []) for rows in per_model.values() for r in records(rows))
     return Facts(models=list(per_model), images=d.get("images"),
                  source=as_dict(d.get("settings")).get("source"),
-                 layers=layers_text(as_dict(d.get("settings")).get("layers")),
+                 layers=models_layers_text(as_dict(d.get("settings")).get("layers")),
                  headline=f"{sum(len(records(v)) for v in per_model.values())} layers, "
                           f"{dead} dead units")
 

@@ -3,8 +3,9 @@ method, the AUROC heatmaps, ROC curves, histograms and example images, and every
 
 from __future__ import annotations
 
-from ..page import (ROWS_MAX, Page, Raw, Result, as_dict, esc, is_num, kv, layers_text, lines,
-                    notes_list, num, records, skipped, strs, table, weights_text)
+from ..page import (ROWS_MAX, Page, Raw, Result, as_dict, esc, is_num, kv, layers_text,
+                    models_layers_text, lines, notes_list, num, records, skipped, strs, table,
+                    weights_text)
 from .base import Facts, Section
 
 __all__ = ["SECTION"]
@@ -51,8 +52,7 @@ def _facts(d: dict) -> Facts:
         source=s.get("train") and f"train {s.get('train')}; id {s.get('id')}; OOD sets: "
                                   f"{', '.join(sets)}",
         weights=weights_text(s.get("pretrained")),
-        layers="; ".join(f"{m}: {layers_text(v)}"
-                         for m, v in as_dict(s.get("layers")).items() if layers_text(v)))
+        layers=models_layers_text(s.get("layers")))
     b = as_dict(d.get("best"))
     if is_num(b.get("mean_auroc")):
         f.headline = (f"best mean AUROC {num(b['mean_auroc'])} ({b.get('model')} "

@@ -3,8 +3,9 @@ every result row."""
 
 from __future__ import annotations
 
-from ..page import (ROWS_MAX, Page, Result, as_dict, as_list, is_num, kv, layers_text, lines,
-                    notes_list, num, records, short_list, skipped, strs, table, weights_text)
+from ..page import (ROWS_MAX, Page, Result, as_dict, as_list, is_num, kv, layers_text,
+                    models_layers_text, lines, notes_list, num, records, short_list, skipped, strs,
+                    table, weights_text)
 from .base import Facts, Section
 
 __all__ = ["SECTION"]
@@ -35,8 +36,7 @@ def _facts(d: dict) -> Facts:
         images=s.get("n_train") and f"{s.get('n_train')} train / {s.get('n_test')} test",
         source=s.get("train") and f"train {s.get('train')}; test {s.get('test')}",
         weights=weights_text(s.get("pretrained")),
-        layers="; ".join(f"{m}: {layers_text(v)}"
-                         for m, v in as_dict(s.get("layers")).items() if layers_text(v)))
+        layers=models_layers_text(s.get("layers")))
     best = [b for b in _leaderboard(d) if is_num(b.get("top1"))]
     if best:
         b = max(best, key=lambda b: b["top1"])

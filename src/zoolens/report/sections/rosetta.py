@@ -8,7 +8,8 @@ import math
 from typing import Any
 
 from ..page import (Page, Result, as_dict, as_list, esc, generic_value, is_num, kv, layers_text,
-                    lines, num, records, short_list, size_text, skipped, strs, table)
+                    models_layers_text, lines, num, records, short_list, size_text, skipped, strs,
+                    table)
 from .base import Facts, Section
 
 __all__ = ["SECTION"]
@@ -25,8 +26,7 @@ def _facts(d: dict) -> Facts:
     s = as_dict(d.get("settings"))
     return Facts(models=strs(d.get("models")), images=d.get("images"), source=s.get("source"),
                  resolution=size_text(d.get("resolution")),
-                 layers="; ".join(f"{m}: {layers_text(v)}"
-                                  for m, v in as_dict(s.get("layers")).items() if layers_text(v)),
+                 layers=models_layers_text(s.get("layers")),
                  headline=(f"{len(as_list(d.get('sets')))} sets, "
                            f"{len(as_list(d.get('concepts')))} concepts"))
 
