@@ -103,10 +103,7 @@ def photographs(n: int, size: int = 64, seed: int = 0) -> TensorSource | None:
 def _ood_summary(result) -> dict:
     """Per model, its best layer and method by mean AUROC over the OOD sets, and the AUROC of
     each set there."""
-    best: dict[str, dict] = {}
-    for b in result.best_layers():
-        if b["model"] not in best or b["mean_auroc"] > best[b["model"]]["mean_auroc"]:
-            best[b["model"]] = b
+    best = result.best_per_model()
     return {m: {"layer": b["layer"], "method": b["method"],
                 "mean_auroc": round(b["mean_auroc"], 4),
                 "auroc": {k: round(v, 4) for k, v in b["auroc"].items()}}
@@ -214,7 +211,7 @@ def run_demo(out: str | Path = "zoolens-demo", *, images: int = 64, device=None,
     detected = detect_ood([models["classifier"], models["ssl_vit"]],
                    f"synthetic:scenes?n={4 * images}&size=64&seed={_SEEDS['train']}",
                    f"synthetic:scenes?n={2 * images}&size=64&seed={_SEEDS['test']}", ood_sets,
-                   k=10, num_workers=0, progress=progress, out=out / "ood")
+                   k=10, progress=progress, out=out / "ood", **run)
     ood_scores = {"sets": {n: getattr(s, "description", s) for n, s in ood_sets.items()},
                   "best": _ood_summary(detected), "notes": ood_notes}
     timings["ood"] = time.perf_counter() - start

@@ -127,6 +127,12 @@ class OODResult(AnalysisResult):
         return [r for r in self.results if (method is None or r["method"] == method)
                 and (model is None or r["model"] == model) and (ood is None or r["ood"] == ood)]
 
+    def best_per_model(self) -> dict[str, dict]:
+        """Per model, its best (layer, method) by mean AUROC over the OOD sets (ties: the
+        earlier layer, then the method order), in model order."""
+        return _best_per_model(self.results, self.settings.get("models") or
+                               list(dict.fromkeys(r["model"] for r in self.results)))
+
     def best_layers(self) -> list[dict]:
         """Per model and method, the layer with the highest AUROC averaged over the OOD sets
         (the earliest layer on ties), in model order, then method order."""

@@ -122,7 +122,7 @@ def examples_figure(rows: Sequence[tuple[str, Sequence[tuple]]]):
 
 def write_figures(result, scorers: dict, ood_sources: dict, out: Path) -> dict:
     """Write every figure of `result` into `out`; the file names, relative to `out`."""
-    from .evaluation import _best_per_model, deployment_threshold
+    from .evaluation import deployment_threshold
 
     out = Path(out)
     figures: dict = {"auroc": {}}
@@ -132,7 +132,7 @@ def write_figures(result, scorers: dict, ood_sources: dict, out: Path) -> dict:
                                             out / f"ood_auroc_{slug(model)}.png")
     curves = []
     keep = result.settings.get("keep", 0.95)
-    for model, c in _best_per_model(result.results, list(scorers)).items():
+    for model, c in result.best_per_model().items():
         conf = scorers[model].scores(c["method"], c["layer"])
         curves.append({"title": f"{model}: {c['layer']} {c['method']}", "id": conf["id"],
                        "ood": {n: conf[f"ood/{n}"] for n in scorers[model].ood_names},
