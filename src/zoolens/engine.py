@@ -225,6 +225,12 @@ def count_batch(summary: RunSummary, batch: Batch, bar) -> None:
     """A batch the sinks took in: its images, skips (each logged) and notes in the summary."""
     for s in batch.skipped:
         log.warning("skipped %s: %s", s["id"], s["reason"])
+    _tally(summary, batch, bar)
+
+
+def _tally(summary: RunSummary, batch: Batch, bar) -> None:
+    """A batch's images, skips and notes added to the summary and the progress bar (no logging:
+    a replay from a store does not warn again about the images its extraction skipped)."""
     summary.images += len(batch.indices)
     summary.skipped += batch.skipped
     summary.notes += batch.notes

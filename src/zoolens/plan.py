@@ -19,7 +19,6 @@ An analysis is then: build its sinks, call `run`, read `sink.result()`.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import operator
 from pathlib import Path
@@ -28,11 +27,11 @@ from typing import Iterable, Sequence
 import torch
 
 from .backends import Backend, resolve_backend
-from .engine import RunSummary, progress_bar
+from .engine import RunSummary, _tally, progress_bar, tap_infos
 from .errors import InputError
 from .sinks import Need, Sink
 from .sources import ImageSource
-from .store import Store, StoreWriter, default_chunk_size, slug
+from .store import Store, StoreWriter, _plain, default_chunk_size, slug
 from .taps import POOLS, TapInfo
 from .zoo.model import Model
 
@@ -46,10 +45,6 @@ def store_config(models: Sequence[Model], source: ImageSource) -> dict:
     weights) and the images' fingerprint."""
     return {"models": {m.name: m.record() for m in models}, "source": source.description,
             "source_fingerprint": source.fingerprint()}
-
-
-def _same(a, b) -> bool:
-    return json.loads(json.dumps(a)) == json.loads(json.dumps(b))
 
 
 def reusable_store(path: str | Path | Store | None, models: Sequence[Model],
@@ -68,7 +63,8 @@ def reusable_store(path: str | Path | Store | None, models: Sequence[Model],
     have = store.config.get("models", {})
     if store.config.get("source_fingerprint") != want["source_fingerprint"]:
         return None
-    if not all(_same(have.get(name), record) for name, record in want["models"].items()):
+    if not all(_plain(have.get(name)) == _plain(record)
+               for name, record in want["models"].items()):
         return None
     if not store.holds(need):
         return None
@@ -90,13 +86,9 @@ def _storable(need: Need) -> dict[str, dict[str, list[str]]]:
 
 def _infos(models: Sequence[Model], pools: dict[str, dict[str, list[str]]],
            ) -> dict[str, dict[str, TapInfo]]:
-    by_name = {m.name: m for m in models}
-    out = {}
-    for model, by in pools.items():
-        m = by_name[model]
-        infos = {i.name: i for i in m.layers(list(by))}
-        out[model] = {layer: infos[layer] for layer in m.select(list(by))}
-    return out
+    """The `TapInfo`s of the layers `pools` names, per model of `pools` (in its order)."""
+    infos = tap_infos(models, Need.from_pools(pools))  # {} for a model with no taps: dropped
+    return {model: infos[model] for model in pools}
 
 
 def run(models: Sequence[Model], source: ImageSource, sinks: Sequence[Sink], *,
@@ -214,9 +206,7 @@ def _replay(store: Store, sinks, need: Need, indices: list[int], batch_size: int
         for batch in store.batches(need, indices=indices, batch_size=batch_size):
             for sink in sinks:
                 sink.update(batch)
-            summary.images += len(batch.indices)
-            summary.skipped += batch.skipped
-            bar.update(len(batch.indices) + len(batch.skipped))
+            _tally(summary, batch, bar)
             if on_done is not None:
                 on_done(list(batch.indices) + [s["index"] for s in batch.skipped])
     finally:
@@ -239,7 +229,7 @@ def extract(models: Sequence[Model], source: ImageSource, pools: dict[str, dict[
         raise InputError(f"chunk size {chunk_size} must be a multiple of the batch size "
                          f"{batch_size}")
     used = [m for m in models if m.name in pools]
-    need = Need({m: {layer: set(p) for layer, p in by.items()} for m, by in pools.items()})
+    need = Need.from_pools(pools)
     prints = source.item_fingerprints()
     held = None if overwrite else reusable_store(out, used, source, need, prints)
     if held is not None:  # a finished store already holds all of it (maybe more)

@@ -83,16 +83,17 @@ class Need:
         return cls({m: {name: set(hows) for name in names} for m, names in layers.items()},
                    **flags)
 
+    @classmethod
+    def from_pools(cls, pools: dict[str, dict[str, list[str]]]) -> "Need":
+        """The taps of a store's poolings: ``{model: {layer: [pooling, ...]}}``."""
+        return cls({m: {layer: set(p) for layer, p in by.items()} for m, by in pools.items()})
+
     def __or__(self, other: "Need") -> "Need":
         taps = {m: {name: set(h) for name, h in by.items()} for m, by in self.taps.items()}
         for m, by in other.taps.items():
             for name, hows in by.items():
                 taps.setdefault(m, {}).setdefault(name, set()).update(hows)
         return Need(taps, self.images or other.images, self.windows or other.windows)
-
-    @property
-    def models(self) -> list[str]:
-        return list(self.taps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,10 +205,6 @@ class Sink:
         rules = self.__dict__.setdefault("_merge_rules", {})
         rules[name] = merge
         setattr(self, name, default)
-
-    @property
-    def state_names(self) -> list[str]:
-        return list(self.__dict__.get("_merge_rules", {}))
 
     def update(self, batch: Batch) -> None:  # pragma: no cover - abstract
         raise NotImplementedError

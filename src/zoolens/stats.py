@@ -237,7 +237,7 @@ def _move(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, name: str) -> torch
 class _Part:
     """Units of one side multiplied at `grid` (None: at the common grid): `values` (rows,
     n*h*w), centred, and where its rows go in the user's unit order, as (row_start, row_stop,
-    user_start) runs. A part cut out of another (`Prepared.select`) keeps its `origin` and the
+    user_start) runs. A part cut out of another (`Prepared.columns`) keeps its `origin` and the
     `offset` of its first row there, so work done on the origin's rows is shared."""
 
     def __init__(self, grid, values, runs, index, origin=None, offset=0):

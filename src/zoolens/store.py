@@ -130,7 +130,7 @@ class StoreWriter(Sink):
                                          "shape": per_pool[first]["shape"],
                                          "file": per_pool[first]["file"], "tap": info.to_json(),
                                          "pools": per_pool}
-        self.need = Need({m: {layer: set(p) for layer, p in by.items()} for m, by in pools.items()})
+        self.need = Need.from_pools(pools)
         self.config = {"format": _FORMAT, "n_images": self.n, "dtype": dtype,
                        "chunk_size": chunk_size, "layers": entries, **(config or {})}
         # None when resuming a store written before sizes were kept (its finished rows have none)
@@ -381,9 +381,9 @@ class Store:
                              f"have {', '.join(self.layers(model))}")
         if pool is None:
             return entry
-        for requested, sub in self.pools(model, layer).items():
-            if pool in (requested, sub["pool"]):
-                return {**entry, **sub}
+        sub = self._pool_entry(model, layer, pool)
+        if sub is not None:
+            return {**entry, **sub}
         raise InputError(f"store {self.path} holds {model} {layer} pooled as "
                          f"{', '.join(self.pools(model, layer))}, not {pool!r}")
 
@@ -392,6 +392,13 @@ class Store:
         entry = self._model(model)[layer]
         return entry.get("pools") or {entry.get("requested_pool", entry["pool"]): {
             "pool": entry["pool"], "shape": entry["shape"], "file": entry["file"]}}
+
+    def _pool_entry(self, model: str, layer: str, how: str) -> dict | None:
+        """The entry of the pooling `how` (requested or effective name) of a layer, or None."""
+        for requested, sub in self.pools(model, layer).items():
+            if how in (requested, sub["pool"]):
+                return sub
+        return None
 
     def features(self, model: str, layer: str, pool: str | None = None, *,
                  valid_only: bool = False) -> np.ndarray:
@@ -421,8 +428,7 @@ class Store:
             for layer, hows in by_layer.items():
                 if layer not in have:
                     return False
-                names = {n for r, sub in self.pools(model, layer).items() for n in (r, sub["pool"])}
-                if not set(hows) <= names:
+                if any(self._pool_entry(model, layer, how) is None for how in hows):
                     return False
         return True
 

@@ -74,8 +74,9 @@ def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
 
 
 @contextmanager
-def hub_access() -> Iterator[bool]:
+def hub_access(enabled: bool = True) -> Iterator[bool]:
     """Around a library call that may fetch from the Hub: yields whether the Hub is usable.
+    `enabled` False (a call that reads only local files): does nothing, and yields True.
 
     When the Hub does not answer, the call runs in huggingface_hub's offline mode (cached
     files only), which fails in milliseconds instead of retrying for half a minute per file.
@@ -83,6 +84,9 @@ def hub_access() -> Iterator[bool]:
     request, so flipping that attribute for the duration of the call is enough; it is put back
     whatever happens. (Not thread-safe: two loads in parallel threads may see each other's
     scoped setting; both would then only read the cache.)"""
+    if not enabled:
+        yield True
+        return
     try:
         from huggingface_hub import constants
     except ImportError:  # pragma: no cover - no Hub client: nothing to guard

@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import contextlib
 from pathlib import Path
 
 from ..errors import UnknownModelError
@@ -51,7 +50,7 @@ def diffusers_source(name: str, *, pretrained: bool = True, weights: str | None 
     from diffusers import DDPMScheduler, UNet2DModel
 
     local = Path(name).expanduser().is_dir()
-    with (contextlib.nullcontext() if local else hub_access()):
+    with hub_access(not local):
         try:
             if pretrained or weights:
                 unet = _with_subfolder(UNet2DModel.from_pretrained, weights or name, "unet")

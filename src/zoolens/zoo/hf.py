@@ -3,7 +3,6 @@ without registers, MAE, BEiT, the vision tower of CLIP/SigLIP), with their image
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import torch
@@ -45,7 +44,7 @@ def hf_source(name: str, *, pretrained: bool = True, weights: str | None = None,
     from ..errors import UnknownModelError
 
     # Even random weights need the config, which a repo id fetches from the Hub.
-    with (contextlib.nullcontext() if Path(name).expanduser().is_dir() else hub_access()):
+    with hub_access(not Path(name).expanduser().is_dir()):
         try:
             config = AutoConfig.from_pretrained(name, **kwargs)
         except (OSError, ValueError) as exc:

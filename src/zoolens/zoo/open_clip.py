@@ -35,11 +35,8 @@ def open_clip_source(name: str, *, pretrained: bool = True, weights: str | None 
                                 f"open_clip:{arch}/{tags[0] if tags else 'TAG'}; have {', '.join(tags) or 'none'}"
                                 " (or load it with pretrained=False / --no-pretrained)")
     source = weights or (tag if pretrained else None)  # open_clip takes a tag or a local file
-    if source and not weights:  # a pretrained tag: fetched from the Hub (a few from URLs)
-        with hub_access():
-            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=source,
-                                                                         **kwargs)
-    else:
+    # a pretrained tag: fetched from the Hub (a few from URLs)
+    with hub_access(bool(source and not weights)):
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=source,
                                                                      **kwargs)
     visual = model.visual

@@ -341,8 +341,6 @@ def as_models(models, *, pretrained: bool = True, device=None,
     random weights of specs loaded here are drawn from `seed`."""
     from .model import Model
 
-    if isinstance(models, (str, Model)):
-        models = [models]
     if not isinstance(models, (list, tuple)):
         models = [models]
     for m in models:

@@ -35,11 +35,8 @@ def timm_source(name: str, *, pretrained: bool = True, weights: str | None = Non
         raise unknown_model("timm", name, timm.list_models())
     if weights:  # timm's own loading path, pointed at a local file
         kwargs["pretrained_cfg_overlay"] = dict(file=str(weights))
-    if pretrained and not weights:
-        with hub_access():  # offline: the cache only, failing fast
-            model = timm.create_model(name, pretrained=True, **kwargs)
-    else:
-        model = timm.create_model(name, pretrained=bool(weights), **kwargs)
+    with hub_access(bool(pretrained and not weights)):  # offline: the cache only, failing fast
+        model = timm.create_model(name, pretrained=bool(pretrained or weights), **kwargs)
     args = {}
     if "img_size" in kwargs:  # the model was built for another size than its default config
         size = kwargs["img_size"]

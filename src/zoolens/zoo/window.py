@@ -47,13 +47,6 @@ class Window:
     def to_list(self) -> list[float]:
         return [self.ay, self.by, self.ax, self.bx]
 
-    def to_image(self, values: np.ndarray, size: tuple[int, int], input_size: tuple[int, int],
-                 fill=0) -> np.ndarray:
-        """(..., rows, cols) patch-grid values -> (..., H, W) at the image's `size`; `fill`
-        outside the model's input."""
-        grid = tuple(values.shape[-2:])
-        return to_image(values, *self.index_maps(size, input_size, grid), fill)
-
 
 def _axis_map(n: int, a: float, b: float, n_in: int, cells: int) -> np.ndarray:
     u = (np.arange(n) + 0.5 - b) / a  # image pixel centre -> input coordinate
