@@ -47,6 +47,3 @@ class Backend:
         itself for a backend that runs the models here."""
         return device
 
-    def describe(self) -> dict:
-        """The settings, for logs and results."""
-        return {"backend": self.name}

@@ -32,6 +32,3 @@ class LocalBackend(Backend):
         return engine.run(models, source, need, sinks, indices=indices, batch_size=batch_size,
                           chunk_size=chunk_size, num_workers=self.num_workers, device=device,
                           amp=amp, progress=progress, desc=desc, on_done=on_done)
-
-    def describe(self) -> dict:
-        return {"backend": self.name, "workers": self.num_workers}

@@ -166,14 +166,10 @@ class RayBackend(Backend):
         # and merges the workers' states there
         return "cpu"
 
-    def describe(self) -> dict:
-        return {"backend": self.name, "address": self.address, "workers": self.workers,
-                "gpus_per_worker": self.gpus_per_worker, "cpus_per_worker": self.cpus_per_worker,
-                "images_per_unit": self.images_per_unit}
-
-    def _placement(self, ray, device) -> tuple[int, float, float, float]:
-        """(workers, CPUs and GPUs per worker, CPUs per decoding task) for this cluster; a
-        request the cluster cannot meet is an error here, not a run that waits forever."""
+    def _placement(self, ray, device) -> tuple[int, float, float, float, float]:
+        """(workers, CPUs and GPUs per worker, CPUs per decoding task, CPUs left to decoding)
+        for this cluster; a request the cluster cannot meet is an error here, not a run that
+        waits forever."""
         have = ray.cluster_resources()
         cpus, gpus = float(have.get("CPU", 0)), float(have.get("GPU", 0))
         kind = torch.device(device).type if device is not None else None
@@ -193,12 +189,12 @@ class RayBackend(Backend):
         cpw = self.cpus_per_worker
         if cpw is None:
             cpw = min(1.0, (cpus - 1) / workers) if cpus > 1 else cpus / (2 * workers)
-        free = _free_cpus(ray, workers, cpw)
+        free = cpus - workers * cpw  # left to the decoding tasks once the workers hold theirs
         if free <= 1e-9:
             raise BackendError(f"--workers {workers} x {cpw:g} CPUs leaves no CPU of the "
                                f"cluster's {cpus:g} for decoding the images; use fewer workers "
                                "or fewer CPUs per worker (fractions allowed)")
-        return workers, cpw, gpw, min(1.0, free)
+        return workers, cpw, gpw, min(1.0, free), free
 
     # -- a pass ------------------------------------------------------------------------------
 
@@ -214,7 +210,7 @@ class RayBackend(Backend):
             return summary
         self.connect()
         ray = _ray()
-        workers, cpw, gpw, decode_cpus = self._placement(ray, device)
+        workers, cpw, gpw, decode_cpus, free = self._placement(ray, device)
         remote = [s for s in sinks if not s.on_driver]
         here = [s for s in sinks if s.on_driver]
         batches = plan_batches(order, batch_size, chunk_size)
@@ -232,7 +228,7 @@ class RayBackend(Backend):
                    decoder=[decoder_ref], decode_cpus=decode_cpus,
                    # decoding ahead: the CPUs left to each worker's decoding, at least 2 batches
                    prefetch=max(2, min(_MAX_PREFETCH,
-                                       int(_free_cpus(ray, workers, cpw) / workers / decode_cpus))))
+                                       int(free / workers / decode_cpus))))
         job_ref = ray.put(job)
         log.info("ray: %d units of about %d images on %d worker(s) (%g CPU, %g GPU each)",
                  len(units), len(order) / len(units), workers, cpw, gpw)
@@ -335,11 +331,6 @@ def _absorb(payload: dict, remote: list[Sink], here: list[Sink], summary: RunSum
         count_batch(summary, batch, bar)
     summary.forwards += payload["forwards"]
     summary.nodes[payload["node"]] = summary.nodes.get(payload["node"], 0) + 1
-
-
-def _free_cpus(ray, workers: int, cpus_per_worker: float) -> float:
-    """The cluster's CPUs left to the decoding tasks once the workers hold theirs."""
-    return float(ray.cluster_resources().get("CPU", 0)) - workers * cpus_per_worker
 
 
 def _units(batches: list[list[int]], images: int) -> list[list[list[int]]]:

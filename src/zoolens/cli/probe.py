@@ -13,8 +13,8 @@ from ._app import (BatchSize, Device, Json, Layers, Models, NoPretrained, Out, V
 
 __all__ = ["probe"]
 
-_SOURCES_HELP = ("folder with one subfolder per class, CSV of path,label, or "
-                 "synthetic:scenes?n=64&size=64&seed=0")
+_SOURCES_HELP = ("folder or URL prefix (s3://bucket/prefix) with one subfolder per class, CSV "
+                 "of path,label, or synthetic:scenes?n=64&size=64&seed=0")
 
 
 def _ints(text: str, name: str) -> list[int]:

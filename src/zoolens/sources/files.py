@@ -47,9 +47,6 @@ class FileSource(ImageSource):
         cost of reading every byte, use `file_content_hash`."""
         return _stat_fingerprint(self.paths[index])
 
-    def item_fingerprints(self) -> list[str]:
-        return [_stat_fingerprint(p) for p in self.paths]
-
 
 def _stat_fingerprint(path: Path) -> str:
     try:

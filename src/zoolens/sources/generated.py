@@ -59,8 +59,6 @@ class GeneratedImages(ImageSource):
         return [self._fingerprint_item(base, i) for i in range(len(self))]
 
     def _generator_hash(self):
-        import hashlib
-
         h = hashlib.blake2b(digest_size=8)
         fingerprint = getattr(self.generator, "weights_fingerprint", None)
         h.update(f"{self.generator.spec}|{fingerprint() if fingerprint else ''}|"

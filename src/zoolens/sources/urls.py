@@ -75,10 +75,12 @@ class UrlSource(ImageSource):
             return super().item_fingerprint(index)
         return self._versions[index]
 
-    def item_fingerprints(self) -> list[str]:
-        if self._versions is None:
-            return super().item_fingerprints()
-        return list(self._versions)
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _filesystem(url: str, storage_options: dict):
@@ -110,8 +112,7 @@ def url_folder_source(url: str, *, labels_from_subfolders: bool | None = None,
     except FileNotFoundError:
         found = {}
     except Exception as exc:  # credentials, permissions, network: one line, the URL named
-        raise InputError(f"images {url!r}: cannot list ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise InputError(f"images {url!r}: cannot list ({_reason(exc)})") from None
     base = PurePosixPath(fs._strip_protocol(path))
     entries = {}
     for name, info in found.items():
@@ -144,8 +145,7 @@ def read_url_text(url: str, storage_options: dict | None = None) -> str:
     except FileNotFoundError:
         raise InputError(f"images {url!r}: no such file") from None
     except Exception as exc:
-        raise InputError(f"images {url!r}: cannot read ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise InputError(f"images {url!r}: cannot read ({_reason(exc)})") from None
 
 
 def url_list_source(urls: list[str], labels=None, *, root: str | None = None,
@@ -169,8 +169,7 @@ def url_list_source(urls: list[str], labels=None, *, root: str | None = None,
         except FileNotFoundError:
             continue
         except Exception as exc:
-            raise InputError(f"images {parent!r}: cannot list ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+            raise InputError(f"images {parent!r}: cannot list ({_reason(exc)})") from None
     versions = [_version(found[p]) if p in found else "missing" for p in paths]
     return UrlSource(list(urls), root, labels=labels, versions=versions,
                      storage_options=storage_options, description=description)
