@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "load": ".zoo", "list_models": ".zoo", "Model": ".zoo",
-    "extract": ".extract", "open_store": ".store", "Store": ".store",
+    "extract": ".extraction", "open_store": ".store", "Store": ".store",
     "open_source": ".sources", "Sink": ".sinks", "Need": ".sinks", "Batch": ".sinks",
     "LocalBackend": ".backends", "RayBackend": ".backends",
     "rosetta": ".analyses.rosetta", "compare": ".analyses.similarity",

@@ -77,8 +77,8 @@ def extract(model: Models, images: Images, out: Out, layers: Layers = "blocks",
             backend=None, as_json: Json = False, verbose: Verbose = False):
     """Tap the layers of one or more models on the same images and write a feature store.
     Rerun the same command to resume an interrupted run."""
-    from ..extract import extract as run_extract
-    from ..extract import summarize
+    from ..extraction import extract as run_extract
+    from ..extraction import summarize
 
     with call(verbose=verbose, interrupted=f"finished chunks are kept in {out}; rerun the same "
                                            "command to resume"):
