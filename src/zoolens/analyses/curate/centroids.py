@@ -47,14 +47,9 @@ def medoids(clusters: KMeansResult, n_examples: int = 1) -> np.ndarray:
     """
     if n_examples < 1:
         raise InputError(f"n_examples: expected >= 1, got {n_examples}")
-    k = len(clusters.centroids)
-    out = np.full((k, n_examples), -1, dtype=np.int64)
-    key = -clusters.scores if clusters.spherical else clusters.scores
-    order = np.lexsort((np.arange(len(key)), key, clusters.labels))  # by cluster, nearest first
-    lab = clusters.labels[order]
-    starts = np.searchsorted(lab, np.arange(k + 1))
-    for c in range(k):
-        take = order[starts[c]:min(starts[c + 1], starts[c] + n_examples)]
+    out = np.full((len(clusters.centroids), n_examples), -1, dtype=np.int64)
+    for c, rows in enumerate(clusters.all_members()):  # nearest first
+        take = rows[:n_examples]
         out[c, :len(take)] = take
     return out
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..._validation import as_features, inverse_norms
 from ...errors import InputError
+from ..label_sums import label_sums
 from ._result import ResultMixin, _float_array, _int_array, array_field
 
 __all__ = ["BLOCK_BYTES", "KMeansResult", "HierarchicalKMeans", "kmeans", "assign_clusters",
@@ -61,10 +62,17 @@ class KMeansResult(ResultMixin):
     seed: int | None = 0
 
     def members(self, cluster: int) -> np.ndarray:
-        """Rows of `cluster`, closest to the centroid first (ties: lower row)."""
+        """Rows of `cluster`, closest to the centroid first (ties: lower row). For every cluster
+        use `all_members` (one sort instead of a scan of all rows per cluster)."""
         idx = np.flatnonzero(self.labels == cluster)
         key = -self.scores[idx] if self.spherical else self.scores[idx]
         return idx[np.argsort(key, kind="stable")]
+
+    def all_members(self) -> list[np.ndarray]:
+        """Per cluster 0..k-1, its rows closest to the centroid first (ties: lower row), as
+        `members` gives them, from one sort of all rows."""
+        key = -self.scores if self.spherical else self.scores
+        return label_groups(self.labels, len(self.centroids), key)
 
 
 def _load_levels(v) -> list[KMeansResult]:
@@ -102,6 +110,15 @@ class HierarchicalKMeans(ResultMixin):
         return np.bincount(self.data_labels(level), minlength=len(self.levels[level].centroids))
 
 
+def label_groups(labels: np.ndarray, k: int, key: np.ndarray | None = None) -> list[np.ndarray]:
+    """Per label 0..k-1, the rows with that label: by increasing `key` if given, ties (and
+    without `key`, all) in increasing row order. One stable sort of all rows."""
+    order = (np.argsort(labels, kind="stable") if key is None
+             else np.lexsort((key, labels)))  # lexsort is stable: equal keys keep row order
+    bounds = np.searchsorted(labels[order], np.arange(k + 1))
+    return [order[bounds[i]:bounds[i + 1]] for i in range(k)]
+
+
 # ----------------------------------------------------------------------------------------------
 # blocks
 
@@ -118,23 +135,41 @@ def _block(x: np.ndarray, inv: np.ndarray | None, s: int, e: int) -> np.ndarray:
     return (b * inv[s:e, None].astype(np.float32)).astype(np.float32, copy=False)
 
 
-def _assign(x, inv, centroids: np.ndarray, spherical: bool, block_bytes: int) -> np.ndarray:
-    """(n,) nearest centroid of every row (float32 products; ties: lower centroid index)."""
-    c32 = centroids.astype(np.float32)
-    half_sq = None if spherical else (0.5 * np.einsum("ij,ij->i", centroids, centroids)).astype(
-        np.float32)
-    n, k = x.shape[0], len(centroids)
+def _argmax_blocks(block, n: int, c32: np.ndarray, block_bytes: int, *,
+                   shift: np.ndarray | None = None,
+                   best: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per row, the centroid with the largest float32 score ``block(s, e) @ c32.T - shift``
+    (ties: lower centroid index), and with `best` that score; one (rows, k) float32 buffer of
+    `block_bytes` is reused for every block of rows.
+
+    block(s, e) gives rows s:e as float32; c32 is (k, d) float32.
+    """
+    k = len(c32)
     rows = _rows_per_block(k, block_bytes)
     buf = np.empty((min(rows, n), k), dtype=np.float32)
     labels = np.empty(n, dtype=np.int64)
+    top = np.empty(n, dtype=np.float32) if best else None
     for s in range(0, n, rows):
         e = min(n, s + rows)
         sc = buf[:e - s]
-        np.matmul(_block(x, inv, s, e), c32.T, out=sc)
-        if half_sq is not None:
-            sc -= half_sq  # argmin |x - c|^2 = argmax (x.c - |c|^2 / 2)
-        labels[s:e] = sc.argmax(1)
-    return labels
+        np.matmul(block(s, e), c32.T, out=sc)
+        if shift is not None:
+            sc -= shift
+        lab = sc.argmax(1)
+        labels[s:e] = lab
+        if top is not None:
+            top[s:e] = sc[np.arange(e - s), lab]
+    return labels, top
+
+
+def _assign(x, inv, centroids: np.ndarray, spherical: bool, block_bytes: int) -> np.ndarray:
+    """(n,) nearest centroid of every row (float32 products; ties: lower centroid index)."""
+    c32 = centroids.astype(np.float32)
+    # argmin |x - c|^2 = argmax (x.c - |c|^2 / 2)
+    half_sq = None if spherical else (0.5 * np.einsum("ij,ij->i", centroids, centroids)).astype(
+        np.float32)
+    return _argmax_blocks(lambda s, e: _block(x, inv, s, e), x.shape[0], c32, block_bytes,
+                          shift=half_sq)[0]
 
 
 def _exact_scores(x, inv, centroids, labels, spherical: bool, block_bytes: int) -> np.ndarray:
@@ -156,20 +191,8 @@ def _exact_scores(x, inv, centroids, labels, spherical: bool, block_bytes: int) 
 
 def _sums(x, inv, labels, k: int, block_bytes: int) -> tuple[np.ndarray, np.ndarray]:
     """float64 per-cluster sums (k, d) of the (unit, if `inv`) rows, and counts (k,)."""
-    n, d = x.shape
-    sums = np.zeros((k, d), dtype=np.float64)
-    rows = max(1, block_bytes // (16 * max(d, 1)))
-    for s in range(0, n, rows):
-        e = min(n, s + rows)
-        b = x[s:e].astype(np.float64)
-        if inv is not None:
-            b *= inv[s:e, None]
-        lab = labels[s:e]
-        order = np.argsort(lab, kind="stable")  # a fixed summation order: deterministic sums
-        lab_sorted = lab[order]
-        starts = np.flatnonzero(np.r_[True, lab_sorted[1:] != lab_sorted[:-1]])
-        sums[lab_sorted[starts]] += np.add.reduceat(b[order], starts, axis=0)
-    return sums, np.bincount(labels, minlength=k)
+    rows = max(1, block_bytes // (16 * max(x.shape[1], 1)))
+    return label_sums(x, labels, k, rows, scale=inv), np.bincount(labels, minlength=k)
 
 
 def _kmeanspp(x, inv, k: int, rng: np.random.Generator, init_size: int) -> np.ndarray:
@@ -335,11 +358,18 @@ def kmeans(x, n_clusters: int, *, spherical: bool = False, n_iter: int = 20,
         centroids = _normalize_rows(centroids)
     centroids, labels, it = _lloyd(x, inv, centroids, spherical=spherical, n_iter=n_iter,
                                    block_bytes=block_bytes)
+    return _result(x, inv, centroids, labels, it, spherical, seed, block_bytes)
+
+
+def _result(x, inv, centroids: np.ndarray, labels: np.ndarray, it: int, spherical: bool,
+            seed: int | None, block_bytes: int) -> KMeansResult:
+    """The `KMeansResult` of final `centroids` and `labels`: scores, sizes and inertia."""
     scores = _exact_scores(x, inv, centroids, labels, spherical, block_bytes)
     inertia = float(np.sum(2.0 - 2.0 * scores)) if spherical else float(scores.sum())
     return KMeansResult(centroids=centroids, labels=labels,
-                        sizes=np.bincount(labels, minlength=k).astype(np.int64), scores=scores,
-                        inertia=inertia, n_iter=it, spherical=spherical, seed=seed)
+                        sizes=np.bincount(labels, minlength=len(centroids)).astype(np.int64),
+                        scores=scores, inertia=inertia, n_iter=it, spherical=spherical,
+                        seed=seed)
 
 
 def _per_level(value, n_levels: int, name: str) -> list:
@@ -354,8 +384,7 @@ def _per_level(value, n_levels: int, name: str) -> list:
 def _resample(res: KMeansResult, size: int, sampling: str, rng: np.random.Generator) -> np.ndarray:
     """Rows drawn per cluster for a resampling step: the `size` closest, or a random draw."""
     picks = []
-    for c in range(len(res.centroids)):
-        members = res.members(c)  # closest first
+    for members in res.all_members():  # closest first
         if sampling == "closest":
             picks.append(members[:size])
         else:
@@ -409,16 +438,18 @@ def hierarchical_kmeans(x, n_clusters: Sequence[int], *, spherical: bool = False
                      block_bytes=block_bytes)
         size = sizes[lv] if sizes[lv] is not None else max(1, len(data) // (2 * k))
         used_sizes.append(int(size))
-        if size > 1:
+        if size > 1 and int(steps[lv]) > 0:
+            inv = inverse_norms(data, "x") if spherical else None  # once for all the steps
             for _ in range(int(steps[lv])):
                 picked = _resample(res, int(size), sampling, rng)
                 if len(picked) < k:  # empty clusters left too few points to re-fit k centroids
                     break
                 warm = kmeans(data[picked], k, spherical=spherical, n_iter=n_iter,
                               init=res.centroids, block_bytes=block_bytes)
-                res = kmeans(data, k, spherical=spherical, n_iter=0, init=warm.centroids,
-                             block_bytes=block_bytes)  # n_iter=0: reassign every point only
-                res.seed = level_seed
+                # Every point reassigned to the warm centroids (no centroid update).
+                cent = _normalize_rows(warm.centroids) if spherical else warm.centroids.copy()
+                labels = _assign(data, inv, cent, spherical, block_bytes)
+                res = _result(data, inv, cent, labels, 0, spherical, level_seed, block_bytes)
         levels.append(res)
         data = res.centroids.astype(np.float32)
     return HierarchicalKMeans(levels=levels, n_clusters=ks,

@@ -47,6 +47,7 @@ from ...sources import ImageSource, open_source
 from ...zoo.model import Model
 from ...zoo.registry import as_models
 from ..result import AnalysisResult
+from ._result import _plain
 from .compare import DatasetComparison, compare_datasets
 from .duplicates import KEEP_RULES, DedupResult, deduplicate
 from .features import ImageSet, check_layer, check_pool, decoded_sizes, image_set
@@ -70,18 +71,6 @@ _DTYPES = ("float16", "float32")
 
 # ----------------------------------------------------------------------------------------------
 # results
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    return v
 
 
 @dataclass(kw_only=True)
@@ -451,14 +440,13 @@ def dedup(model, images, *, threshold: float = 0.9, keep: str = "centroid", refe
     files["removed"] = _write_csv(folder / "removed.csv", ["id", "reason", "group", "kept_id",
                                                             "reference_id", "similarity"],
                                   _removed_rows(res, imgs, ref))
+    found = _dedup_to_source(res, imgs, ref)
     files["groups"] = _write_csv(folder / "groups.csv", ["group", "id", "kept"],
                                  ((g, imgs.ids[i], int(i == k))
-                                  for g, (members, k) in enumerate(zip(
-                                      [imgs.to_source(x) for x in res.groups],
-                                      imgs.to_source(res.group_kept)))
+                                  for g, (members, k) in enumerate(zip(found.groups,
+                                                                       found.group_kept))
                                   for i in members))
     _write_skipped(folder, [s for s in (imgs, ref) if s is not None], files)
-    found = _dedup_to_source(res, imgs, ref)
     label = lambda i: _short(imgs.ids[i])  # noqa: E731
     if sheet and found.groups:
         _sheet(lambda p: dedup_sheet(found, imgs.image, p, label=label), folder, "dedup.png",
@@ -521,10 +509,11 @@ def _removed_rows(res: DedupResult, imgs: ImageSet, ref: ImageSet | None) -> lis
     kept_of = res.group_kept[[group_of[int(i)] for i in dup]] if len(dup) else dup
     sims = {}
     if len(dup):
-        inv = inverse_norms(imgs.x, "features")
         a = np.asarray(imgs.x[dup], np.float64)
         b = np.asarray(imgs.x[kept_of], np.float64)
-        cos = np.einsum("ij,ij->i", a, b) * inv[dup] * inv[kept_of]
+        # norms of the gathered rows only, row by row as `inverse_norms` of all rows gives them
+        cos = np.einsum("ij,ij->i", a, b) * inverse_norms(a, "features") \
+            * inverse_norms(b, "features")
         sims = dict(zip(dup.tolist(), cos.tolist()))
     rows = []
     for i in res.removed:  # sorted rows = source order
@@ -727,7 +716,8 @@ def retrieve(model, queries, pool_images, *, k: int = 4, mode: str = "nearest",
             folder / "retrieved.csv", ["pool_id", "cluster", "queries_in_cluster"],
             ((p.ids[int(p.rows[j])], int(km.labels[j]), per[int(km.labels[j])])
              for j in res.selected))
-        members = {c: p.to_source(km.members(c)) for c in res.clusters.tolist()}
+        by_cluster = km.all_members()  # nearest the centroid first
+        members = {c: p.to_source(by_cluster[c]) for c in res.clusters.tolist()}
         in_cluster = {c: q.rows[res.query_clusters == c] for c in res.clusters.tolist()}
         tables = {"clusters": [
             {"cluster": c, "queries": per[c], "pool_images": int(km.sizes[c]),

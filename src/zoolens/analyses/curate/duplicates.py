@@ -61,7 +61,7 @@ from scipy.sparse.csgraph import connected_components
 from ..._validation import as_features, inverse_norms
 from ...errors import InputError
 from ._result import ResultMixin, _float_array, _int_array, _int_arrays, array_field
-from .clustering import BLOCK_BYTES, kmeans
+from .clustering import BLOCK_BYTES, _argmax_blocks, kmeans
 
 __all__ = ["KEEP_RULES", "DuplicatePairs", "ReferenceMatches", "DedupResult",
            "near_duplicate_pairs", "reference_matches", "duplicate_groups", "deduplicate",
@@ -262,12 +262,7 @@ def _pruning_centroids(sub: np.ndarray, k: int, alpha: float, rng: np.random.Gen
         c32 = cent.astype(np.float32)
         kk = len(c32)
         per = max(1, block_bytes // (4 * kk))
-        lab = np.empty(len(sub), dtype=np.int64)
-        own = np.empty(len(sub), dtype=np.float32)
-        for s in range(0, len(sub), per):
-            sc = sub[s:s + per] @ c32.T
-            lab[s:s + per] = sc.argmax(1)
-            own[s:s + per] = sc[np.arange(len(sc)), lab[s:s + per]]
+        lab, own = _argmax_blocks(lambda s, e: sub[s:e], len(sub), c32, block_bytes, best=True)
         radius = np.zeros(kk)
         np.maximum.at(radius, lab, np.arccos(np.clip(own.astype(np.float64), -1, 1)))
         tau = np.cos(np.minimum(alpha + radius, np.pi)).astype(np.float32)
@@ -309,19 +304,9 @@ def _build_index(rows: _Rows, n_clusters: int | None, seed: int | None, n_iter: 
     k_asked, k = k, len(centroids)
     t1 = time.perf_counter()
     eps32 = cosine_error_bound(d)
-    labels = np.empty(n, dtype=np.int64)
-    own = np.empty(n, dtype=np.float32)
-    per = max(1, block_bytes // (4 * k))
-    buf = np.empty((min(per, n), k), dtype=np.float32)
-    for s in range(0, n, per):
-        e = min(n, s + per)
-        sc = buf[:e - s]
-        np.matmul(rows.unit_range(s, e), centroids.T, out=sc)
-        lab = sc.argmax(1)
-        labels[s:e] = lab
-        own[s:e] = sc[np.arange(e - s), lab]
+    labels, own = _argmax_blocks(rows.unit_range, n, centroids, block_bytes, best=True)
     lo, hi = _angles(own, eps32)
-    del own, buf
+    del own
     order = np.lexsort((lo, labels))
     lo, hi = lo[order], hi[order]
     lab_s = labels[order].astype(np.float64)
@@ -416,8 +401,7 @@ def _within(index: _Index, b: int, alpha: float, t_lo: np.float32, out: _Collect
         out.add(index.order[ii[keep] + i0 + s0], index.order[jj[keep] + j0])
 
 
-def _scan(index: _Index, blocks, tau: np.ndarray, b0: int, b1: int, eps: float,
-          restrict: bool):
+def _scan(index: _Index, blocks, tau: np.ndarray, b0: int, b1: int, restrict: bool):
     """Candidate (row id, cluster, cosine to its centroid) for clusters b0..b1-1 (step 3).
 
     `blocks` yields (row ids, float32 unit rows, labels or None). With `restrict` (the rows are
@@ -450,7 +434,7 @@ def _across(index: _Index, blocks, gather, alpha: float, tau: np.ndarray, eps_sc
     k = len(index.centroids)
     cap = max(1, 4 * index.block_bytes // 8)  # candidate entries held at once
     counts = np.zeros(k, dtype=np.int64)
-    for _, c, _ in _scan(index, blocks, tau, 0, k, eps_scan, restrict):
+    for _, c, _ in _scan(index, blocks, tau, 0, k, restrict):
         counts += np.bincount(c, minlength=k)
     b0 = 0
     while b0 < k:
@@ -462,7 +446,7 @@ def _across(index: _Index, blocks, gather, alpha: float, tau: np.ndarray, eps_sc
             b0 = b1
             continue
         if acc > cap:  # one cluster alone over the budget: compare its candidates as they come
-            for r, _, sc in _scan(index, blocks, tau, b0, b1, eps_scan, restrict):
+            for r, _, sc in _scan(index, blocks, tau, b0, b1, restrict):
                 if len(r):
                     _reach(index, b0, r, sc, gather, alpha, eps_scan, t_lo, out)
             b0 = b1
@@ -472,7 +456,7 @@ def _across(index: _Index, blocks, gather, alpha: float, tau: np.ndarray, eps_sc
         cand_r = np.empty(acc, dtype=np.int32 if len(index.order) < 2**31 else np.int64)
         cand_s = np.empty(acc, dtype=np.float32)
         ptr = offsets[:-1].copy()
-        for r, c, sc in _scan(index, blocks, tau, b0, b1, eps_scan, restrict):
+        for r, c, sc in _scan(index, blocks, tau, b0, b1, restrict):
             if not len(r):
                 continue
             c = c - b0  # ascending (see _scan): each cluster's rows are one run

@@ -21,7 +21,7 @@ import numpy as np
 from ..._validation import as_labels
 from ...errors import InputError
 from ._result import ResultMixin, _int_array, array_field
-from .clustering import HierarchicalKMeans
+from .clustering import HierarchicalKMeans, label_groups
 
 __all__ = ["water_fill", "BalancedSample", "balanced_sample"]
 
@@ -123,9 +123,13 @@ def balanced_sample(hierarchy: HierarchicalKMeans, budget: int, *, strategy: str
     rng = np.random.default_rng(seed)
     top = len(hierarchy.levels) - 1
     # children[l][c]: clusters of level l - 1 under cluster c of level l (l >= 1), in index order.
-    children = {lv: _groups(hierarchy.levels[lv].labels, len(hierarchy.levels[lv].centroids))
+    children = {lv: label_groups(hierarchy.levels[lv].labels,
+                                 len(hierarchy.levels[lv].centroids))
                 for lv in range(1, top + 1)}
-    members = _groups(base.labels, len(base.centroids))
+    # members[c]: the rows of bottom cluster c, nearest its centroid first ("closest"), else in
+    # index order (the order the seeded draw picks from).
+    members = (base.all_members() if strategy == "closest"
+               else label_groups(base.labels, len(base.centroids)))
     sizes = {lv: hierarchy.sizes(lv) for lv in range(top + 1)}
 
     top_counts = water_fill(sizes[top], int(budget), rng=rng)
@@ -137,11 +141,10 @@ def balanced_sample(hierarchy: HierarchicalKMeans, budget: int, *, strategy: str
         if target == 0:
             continue
         if lv == 0:
-            rows = members[c]
             if strategy == "closest":
-                picked.append(base.members(c)[:target])
+                picked.append(members[c][:target])
             else:
-                picked.append(rng.choice(rows, size=target, replace=False))
+                picked.append(rng.choice(members[c], size=target, replace=False))
             continue
         kids = children[lv][c]
         counts = water_fill(sizes[lv - 1][kids], target, rng=rng)
@@ -149,10 +152,3 @@ def balanced_sample(hierarchy: HierarchicalKMeans, budget: int, *, strategy: str
     indices = np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
     return BalancedSample(indices=indices.astype(np.int64), budget=int(budget),
                           top_counts=top_counts, strategy=strategy, seed=seed)
-
-
-def _groups(labels: np.ndarray, k: int) -> list[np.ndarray]:
-    """Indices with each label 0..k-1, ascending."""
-    order = np.argsort(labels, kind="stable")
-    bounds = np.searchsorted(labels[order], np.arange(k + 1))
-    return [order[bounds[i]:bounds[i + 1]] for i in range(k)]

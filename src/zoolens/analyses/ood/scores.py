@@ -31,6 +31,7 @@ from ..._validation import as_features, as_labels
 from ...errors import InputError
 from ...neighbors import default_chunk_size, similarity_blocks, top_k_per_row
 from ...zoo.registry import resolve_device
+from ..label_sums import label_sums
 
 __all__ = ["knn", "mahalanobis", "energy", "msp", "max_logit", "vim", "feature_norm",
            "negative_aware_norm"]
@@ -273,18 +274,6 @@ def _encode(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return classes, codes.reshape(-1).astype(np.int64)
 
 
-def _class_sums(x: np.ndarray, codes: np.ndarray, n_cls: int, rows: int) -> np.ndarray:
-    """(n_cls, d) float64 sums of the rows of each class, block by block (sorted reduceat)."""
-    sums = np.zeros((n_cls, x.shape[1]))
-    for s in range(0, x.shape[0], rows):
-        order = np.argsort(codes[s:s + rows], kind="stable")
-        sorted_codes = codes[s:s + rows][order]
-        starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
-        sums[sorted_codes[starts]] += np.add.reduceat(x[s:s + rows][order].astype(np.float64),
-                                                      starts, axis=0)
-    return sums
-
-
 def _add_scatter(acc: np.ndarray, rows: np.ndarray) -> None:
     """acc += rows.T @ rows (float64, in place)."""
     acc += rows.T @ rows
@@ -351,7 +340,7 @@ def mahalanobis(train, train_labels, test, *, relative: bool = False,
     rows = _block_rows(max(d, n_cls), chunk_size)
 
     counts = np.bincount(codes, minlength=n_cls).astype(np.float64)
-    means = _class_sums(tr, codes, n_cls, rows) / counts[:, None]
+    means = label_sums(tr, codes, n_cls, rows) / counts[:, None]
     scatter = np.zeros((d, d))
     for s in range(0, n, rows):
         _add_scatter(scatter, tr[s:s + rows].astype(np.float64) - means[codes[s:s + rows]])
@@ -486,16 +475,18 @@ def vim(train_features, test_features, weight, bias, dim: int, *,
                       stacklevel=2)
     resid_basis = vec[:, : d - dim]
 
-    def residual_and_logits(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def residual_and_logits(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Residual norms, logits and the shifted rows x - u (float64)."""
         x64 = x.astype(np.float64)
-        return np.linalg.norm((x64 - u) @ resid_basis, axis=1), x64 @ w.T + b
+        shifted = x64 - u
+        return np.linalg.norm(shifted @ resid_basis, axis=1), x64 @ w.T + b, shifted
 
     sum_res = sum_max = sum_norm = 0.0
     for s in range(0, n, rows):
-        res, logit = residual_and_logits(tr[s:s + rows])
+        res, logit, shifted = residual_and_logits(tr[s:s + rows])
         sum_res += float(res.sum())
         sum_max += float(logit.max(axis=1).sum())
-        sum_norm += float(np.linalg.norm(tr[s:s + rows].astype(np.float64) - u, axis=1).sum())
+        sum_norm += float(np.linalg.norm(shifted, axis=1).sum())
     # A residual at rounding level (relative to the features' size) is zero: alpha would be
     # a quotient of rounding errors.
     if not sum_res > 1e-10 * sum_norm:
@@ -505,7 +496,7 @@ def vim(train_features, test_features, weight, bias, dim: int, *,
 
     out = np.empty(te.shape[0])
     for s in range(0, te.shape[0], rows):
-        res, logit = residual_and_logits(te[s:s + rows])
+        res, logit, _ = residual_and_logits(te[s:s + rows])
         out[s:s + rows] = _logsumexp(logit) - alpha * res
     return out
 
