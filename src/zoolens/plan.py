@@ -35,7 +35,8 @@ from .store import Store, StoreWriter, _plain, default_chunk_size, slug
 from .taps import POOLS, TapInfo
 from .zoo.model import Model
 
-__all__ = ["run", "extract", "extract_splits", "store_config", "reusable_store"]
+__all__ = ["run", "extract", "extract_splits", "store_config", "reusable_store",
+           "no_usable_images"]
 
 log = logging.getLogger("zoolens")
 
@@ -137,6 +138,15 @@ def run(models: Sequence[Model], source: ImageSource, sinks: Sequence[Sink], *,
     if saver is not None:
         saver.save()
     return summary
+
+
+def no_usable_images(source: ImageSource, skipped: Sequence[dict] = ()) -> InputError:
+    """The error of an analysis whose pass used none of `source`'s images; `skipped`: the
+    ``{"index", "id", "reason"}`` of those that could not be used (the first reason is told)."""
+    why = (f" ({len(skipped)} skipped; {skipped[0].get('id')}: {skipped[0].get('reason')})"
+           if skipped else "")
+    return InputError(f"images {source.description!r}: none of the {len(source)} images could "
+                      f"be used{why}")
 
 
 class _Checkpoints:

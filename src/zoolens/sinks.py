@@ -105,6 +105,10 @@ def _sum(a, b):
 
 
 def _cat(a, b):
+    if isinstance(a, dict):  # e.g. per model or per layer: each key's rows concatenated
+        merged = {key: _cat(value, b[key]) if key in b else value for key, value in a.items()}
+        merged.update((key, copy.deepcopy(value)) for key, value in b.items() if key not in a)
+        return merged
     if isinstance(a, torch.Tensor):
         return torch.cat([a, b])
     if isinstance(a, np.ndarray):
@@ -132,7 +136,7 @@ def _merge_objects(a, b):
 
 MERGE_RULES: dict[str, Callable[[Any, Any], Any]] = {
     "sum": _sum,  # counts, sums, sums of squares, cross-products
-    "cat": _cat,  # per-image rows or records, in the order fed
+    "cat": _cat,  # per-image rows or records, in the order fed (dicts of them: key by key)
     "union": _union,  # sets of indices done
     "merge": _merge_objects,  # objects (or dicts of objects) that merge themselves
 }

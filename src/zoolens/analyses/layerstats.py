@@ -28,7 +28,6 @@ import torch
 
 from .. import plan
 from ..backends import Backend, resolve_backend
-from ..errors import InputError
 from ..sinks import Batch, Need, Sink
 from ..sources import open_source
 from ..zoo.model import resolve_layers
@@ -53,25 +52,26 @@ class UnitMoments:
     def update(self, x: torch.Tensor) -> None:
         """x: (samples, C)."""
         x = x.detach().to("cpu", torch.float64)
-        other = UnitMoments(x.shape[1])
-        other.n = x.shape[0]
-        other.mean = x.mean(dim=0).numpy()
-        other.m2 = ((x - x.mean(dim=0)) ** 2).sum(dim=0).numpy()
-        other.positive = (x > 0).sum(dim=0).numpy().astype(np.int64)
-        other.min, other.max = x.amin(dim=0).numpy(), x.amax(dim=0).numpy()
-        self.merge(other)
+        mean = x.mean(dim=0)
+        self._combine(x.shape[0], mean.numpy(), ((x - mean) ** 2).sum(dim=0).numpy(),
+                      (x > 0).sum(dim=0).numpy().astype(np.int64), x.amin(dim=0).numpy(),
+                      x.amax(dim=0).numpy())
 
     def merge(self, other: "UnitMoments") -> "UnitMoments":
         """Chan et al.'s pairwise combination: exact in exact arithmetic, stable in floats."""
-        if other.n == 0:
+        return self._combine(other.n, other.mean, other.m2, other.positive, other.min, other.max)
+
+    def _combine(self, n_b, mean_b, m2_b, positive_b, min_b, max_b) -> "UnitMoments":
+        """Fold in the moments of n_b more samples (`merge`, and `update`'s batch)."""
+        if n_b == 0:
             return self
-        n = self.n + other.n
-        delta = other.mean - self.mean
-        self.mean = self.mean + delta * (other.n / n)
-        self.m2 = self.m2 + other.m2 + delta ** 2 * (self.n * other.n / n)
+        n = self.n + n_b
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * (n_b / n)
+        self.m2 = self.m2 + m2_b + delta ** 2 * (self.n * n_b / n)
         self.n = n
-        self.positive = self.positive + other.positive
-        self.min, self.max = np.minimum(self.min, other.min), np.maximum(self.max, other.max)
+        self.positive = self.positive + positive_b
+        self.min, self.max = np.minimum(self.min, min_b), np.maximum(self.max, max_b)
         return self
 
     @property
@@ -162,8 +162,7 @@ def layerstats(models, images, *, layers="blocks", batch_size: int = 32, device=
                        device=device, progress=progress, backend=runner,
                        desc="layer statistics")
     if sink.images == 0:
-        raise InputError(f"images {source.description!r}: none of the {len(source)} images "
-                         "could be used")
+        raise plan.no_usable_images(source, list(source.skipped_at_listing) + summary.skipped)
     rows: dict[str, list[dict]] = {}
     arrays = {}
     for (m, layer), mo in sink.result().items():

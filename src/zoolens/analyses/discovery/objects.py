@@ -141,15 +141,8 @@ class DiscoverySink(Sink):
             self.found.append(_empty(s["index"], s["id"], self.settings, s["reason"]))
         if not batch.indices:
             return
-        grid = batch.features[self.model.name][self.pl.layer]["none"][:, self.pl.channels]
-        if tuple(grid.shape[2:]) != tuple(self.info.grid):
-            raise InputError(f"{self.model.spec}: layer {self.pl.layer!r} gives a "
-                             f"{tuple(grid.shape[2:])} grid on some images, but "
-                             f"{tuple(self.info.grid)} on the model's input size "
-                             f"{self.model.input_size}; its preprocessing must resize or crop "
-                             "to one size")
-        b, d = grid.shape[:2]
-        feats = grid.reshape(b, d, -1).transpose(1, 2).float().cpu().numpy()  # (B, P, D)
+        feats = _patch_features(batch, self.model, self.pl.layer, self.pl.channels,
+                                grid=self.info.grid)  # (B, P, D)
         windows = batch.windows[self.model.name]
         for k, (index, id_) in enumerate(zip(batch.indices, batch.ids)):
             self.found.append(_cut_one(index, id_, feats[k], batch.sizes[k], windows[k],
@@ -157,6 +150,20 @@ class DiscoverySink(Sink):
 
     def result(self) -> list["ImageObjects"]:
         return list(self.found)
+
+
+def _patch_features(batch: Batch, model: Model, layer: str, channels: slice,
+                    grid: Sequence[int] | None = None) -> np.ndarray:
+    """One layer's patch features per image of a batch, (B, P, D) float32: its "none" maps
+    (B, C, rows, cols) with `channels` kept. grid: the (rows, cols) every image must give (the
+    one at the model's input size); another raises."""
+    maps = batch.features[model.name][layer]["none"][:, channels]
+    if grid is not None and tuple(maps.shape[2:]) != tuple(grid):
+        raise InputError(f"{model.spec}: layer {layer!r} gives a {tuple(maps.shape[2:])} grid "
+                         f"on some images, but {tuple(grid)} on the model's input size "
+                         f"{model.input_size}; its preprocessing must resize or crop to one size")
+    b, d = maps.shape[:2]
+    return maps.reshape(b, d, -1).transpose(1, 2).float().cpu().numpy()
 
 
 class MaskFiles(Sink):

@@ -33,7 +33,7 @@ from ...sinks import Batch, Need, Sink
 from ...sources import ImageSource, open_source
 from ...zoo.registry import as_models
 from ...zoo.window import Window, to_image
-from .objects import default_layer, keys_fallback_note, patch_layer
+from .objects import _patch_features, default_layer, keys_fallback_note, patch_layer
 from .cuts import pca_rgb
 
 __all__ = ["KINDS", "Visualization", "visualize", "PCASink", "AttentionSink"]
@@ -141,9 +141,7 @@ class PCASink(_PictureSink):
         self.layer, self.channels = layer, channels
 
     def _pictures(self, batch: Batch) -> np.ndarray:
-        grid = batch.features[self.model.name][self.layer]["none"][:, self.channels]
-        b, d = grid.shape[:2]
-        return grid.reshape(b, d, -1).transpose(1, 2).float().cpu().numpy()
+        return _patch_features(batch, self.model, self.layer, self.channels)
 
     def result(self, threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         grid = tuple(self.model.layer(self.layer).grid)
@@ -221,8 +219,8 @@ def visualize(model, images, *, kind: str = "pca", layer: str | None = None,
     plan.run([model], source, [sink], batch_size=batch_size, device=device, progress=progress,
              desc=f"visualize {kind}", backend=runner)
     if not sink.parts:
-        raise InputError(f"images: none of the {len(source)} images could be used "
-                         f"({sink.skipped[0]['reason'] if sink.skipped else 'empty'})")
+        raise plan.no_usable_images(source, list(source.skipped_at_listing) + sorted(
+            sink.skipped, key=lambda s: s["index"]))
     result = Visualization(kind=kind, model=model.name, layer=name, feature=feature,
                            grid=tuple(info.grid), input_size=tuple(model.input_size),
                            ids=list(sink.ids), indices=list(sink.indices), sizes=list(sink.sizes),

@@ -134,7 +134,7 @@ class MapsSink(Sink):
     def __init__(self, layers: dict[str, list[str]], resolution: int):
         self.layers, self.resolution = layers, resolution
         self.need = Need.of(layers, "none", images=True)
-        self.add_state("maps", {m: [] for m in layers}, merge=_cat_per_model)
+        self.add_state("maps", {m: [] for m in layers}, merge="cat")
         self.add_state("indices", [], merge="cat")
         self.add_state("images", [], merge="cat")
 
@@ -149,10 +149,6 @@ class MapsSink(Sink):
     def result(self) -> dict[str, torch.Tensor]:
         """model -> (images, units, R, R) in the order the images came."""
         return {m: torch.cat(v) for m, v in self.maps.items()}
-
-
-def _cat_per_model(a: dict, b: dict) -> dict:
-    return {m: a[m] + b[m] for m in a}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,7 +212,7 @@ def rosetta(models, images=None, *, generator=None, n_generated: int = 64, seed:
                                settings, mode, k, anchor, pairwise, min_correlation, resolution)
     if result.sets and concepts > 0:
         _concepts(result, models, source, chosen, indexes, first, stats, concepts=concepts,
-                  profile_images=profile_images, out=out, store=store, run=run)
+                  profile_images=profile_images, out=out, run=run)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "rosetta.json").write_text(result.to_json(indent=1))
@@ -304,8 +300,8 @@ def _mine(models, source, chosen, resolution, passes, units, k, *, store, out, k
                           dead_b=acc.dead_b)
     release_buffers()  # the accumulators' batch-sized work buffers
     if first.images == 0:
-        raise InputError(f"images {source.description!r}: none of the {len(source)} images "
-                         f"could be used ({len(first.skipped)} skipped)")
+        raise plan.no_usable_images(source, list(source.skipped_at_listing) + sorted(
+            first.skipped, key=lambda s: s["index"]))
     return first, tables, topk, stats
 
 
@@ -341,7 +337,7 @@ def _buddies_and_sets(first, tables, topk, names, indexes, units, pairs, source,
 
 def _concepts(result: RosettaResult, models, source, layers, indexes, first: CorrelationSink,
               stats: dict[str, tuple[np.ndarray, np.ndarray]], *, concepts, profile_images, out,
-              store, run) -> None:
+              run) -> None:
     """Cluster the sets into concepts and draw each concept's heatmaps."""
     names = result.models
     anchor = result.settings["anchor"]

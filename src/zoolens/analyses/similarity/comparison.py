@@ -225,7 +225,7 @@ class KNNSink(Sink):
         self.keys_b = [(sides.name_b, n) for n in sides.layers_b]
         self.add_state("indices", [], merge="cat")
         self.add_state("rows", {key: [] for key in dict.fromkeys(self.keys_a + self.keys_b)},
-                       merge=lambda a, b: {key: a[key] + b[key] for key in a})
+                       merge="cat")
 
     @property
     def images(self) -> int:
@@ -361,8 +361,7 @@ def compare(model_a, model_b=None, images=None, *, layers_a="blocks", layers_b=N
                        desc="comparing", backend=runner)
     skipped = list(source.skipped_at_listing) + sorted(summary.skipped, key=lambda s: s["index"])
     if sink.images == 0:
-        raise InputError(f"images {source.description!r}: none of the {n_total} images could be "
-                         f"used ({len(skipped)} skipped)")
+        raise plan.no_usable_images(source, skipped)
     matrix, extra = sink.result()
     settings.update(extra)
     result = CompareResult(metric=metric, model_a=a.name, model_b=b.name, layers_a=names_a,

@@ -38,8 +38,6 @@ class Section:
         hint: the command that makes the result, shown when it is expected but missing.
         expected: whether `zoolens demo` writes it (its absence is pointed out by default).
         known_keys: the JSON keys `render` shows (``analysis`` and ``version`` always are).
-        beside: figures the command writes next to its JSON under fixed names (the JSON does
-            not name them); `render` embeds them.
         record: a run record rather than an analysis (the demo's): shown at the top of the run
             settings, its models listed even where no analysis used them.
     """
@@ -51,5 +49,4 @@ class Section:
     hint: str = ""
     expected: bool = False
     known_keys: frozenset[str] = frozenset()
-    beside: tuple[str, ...] = ()
     record: bool = False

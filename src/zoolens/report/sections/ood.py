@@ -13,27 +13,6 @@ __all__ = ["SECTION"]
 _METRICS = ("auroc", "aupr_in", "aupr_out", "fpr")
 
 
-def _best_layers(d: dict) -> list[dict]:
-    board = records(d.get("best_layers"))
-    if board:
-        return board
-    means: dict[tuple, dict] = {}  # rebuilt from the rows: mean AUROC over the OOD sets
-    for row in records(d.get("results")):
-        if not is_num(row.get("auroc")):
-            continue
-        key = (str(row.get("model")), str(row.get("layer")), str(row.get("method")))
-        e = means.setdefault(key, {"model": key[0], "layer": key[1], "method": key[2],
-                                   "layer_index": row.get("layer_index"), "auroc": {}})
-        e["auroc"][str(row.get("ood"))] = row["auroc"]
-    best: dict[tuple, dict] = {}
-    for e in means.values():
-        e["mean_auroc"] = sum(e["auroc"].values()) / len(e["auroc"])
-        k = (e["model"], e["method"])
-        if k not in best or e["mean_auroc"] > best[k]["mean_auroc"]:
-            best[k] = e
-    return list(best.values())
-
-
 def _sets(d: dict) -> list[str]:
     s = as_dict(d.get("settings"))
     return list(as_dict(s.get("ood"))) or list(dict.fromkeys(
@@ -126,7 +105,7 @@ def _render(d: dict, page: Page, r: Result) -> str:
         out.append(table([{"model": m, "layers": layers_text(v)} for m, v in layers.items()],
                          mono=("model",), what="models"))
     out.append(_best(d, sets))
-    board = _best_layers(d)
+    board = records(d.get("best_layers"))  # OODResult.to_dict always writes it
     if board:
         rows = [{"model": b.get("model"), "method": b.get("method"), "best layer": b.get("layer"),
                  "mean AUROC": b.get("mean_auroc"),

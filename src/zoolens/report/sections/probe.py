@@ -93,5 +93,4 @@ def _render(d: dict, page: Page, r: Result) -> str:
 SECTION = Section(
     kind="probe", title="Probes", facts=_facts, render=_render,
     hint="zoolens probe -m MODEL --train TRAIN --test TEST -o DIR/probe", expected=True,
-    known_keys=frozenset({"results", "settings", "skipped", "notes", "leaderboard"}),
-    beside=(_FIGURE,))
+    known_keys=frozenset({"results", "settings", "skipped", "notes", "leaderboard"}))
